@@ -1,0 +1,490 @@
+"""PCA of an image dataset, and projection of images onto its top or bottom subspace.
+
+This is Algorithm 1 of the reference experiment, written as functions on tensors:
+fit once on the training split, save the basis, then filter batches on the
+device they live on (so augmentation can run before filtering).
+
+Conventions
+-----------
+* An image is a tensor ``(C, H, W)`` with values in ``[0, 1]``; it is flattened
+  in that (torch) order to a vector of ``D = C * H * W`` pixels.
+* ``eigenvalues`` are sorted in decreasing order and always have length ``D``;
+  directions the fit could not see (the null space when there are fewer images
+  than pixels) have eigenvalue 0.
+* Shares of variance are counted from either end of the spectrum:
+
+  - **top p**: the ``k`` largest components, ``k`` the *smallest* count whose
+    cumulative share *reaches* ``p`` (``share >= p``);
+  - **bottom q**: the ``k`` smallest components, ``k`` the *largest* count whose
+    cumulative share *stays within* ``q`` (``share <= q``).
+
+  Shares are compared with a tolerance of ``SHARE_TOL`` so that a boundary met
+  exactly (4/10 + 3/10 = 0.7) counts as met despite rounding. With this
+  convention ``n_components(top, 1 - q) + n_components(bottom, q) == D``: the
+  top-(1-q) and bottom-q subspaces are exact complements, and
+  ``top_image + bottom_image == image + mean``.
+
+Two ways to compute a bottom image
+----------------------------------
+* ``"complement"`` (default): ``bottom = x - (x - mu) V_top V_top^T`` with
+  ``V_top`` the few top components of the complementary share. Cheap (CIFAR-10
+  keeps 90% of its variance in about a hundred of 3,072 components) and it
+  keeps *everything* outside the top subspace, including directions the
+  training set never spanned.
+* ``"strict"``: Algorithm 1 literally, ``bottom = (x - mu) V_bot V_bot^T + mu``
+  with the bottom eigenvectors the fit found. On training images both agree.
+  On images outside the training span (test images when there are fewer
+  training images than pixels, as on the Gram path) the strict version drops
+  the part outside the span, while the complement puts it in the bottom image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Side = Literal["top", "bottom"]
+BottomMethod = Literal["complement", "strict"]
+
+SHARE_TOL = 1e-9
+SHARE_CONVENTION = (
+    "top p: smallest k with cumulative share >= p; "
+    "bottom q: largest k with cumulative share <= q; "
+    f"shares compared with tolerance {SHARE_TOL}"
+)
+FORMAT = "lowvar-mae-pca/1"
+SIDES = ("top", "bottom")
+BOTTOM_METHODS = ("complement", "strict")
+FIT_METHODS = ("auto", "covariance", "gram")
+
+
+@dataclass(frozen=True, eq=False)
+class PCABasis:
+    """A fitted PCA of flattened images.
+
+    mean: (D,) float64, the mean training image.
+    eigenvalues: (D,) float64, decreasing, variances along the components
+        (sample covariance, divided by N - 1); zero where the fit saw nothing.
+    components: (D, K) float64, orthonormal eigenvectors as columns, in the
+        order of ``eigenvalues``; K <= D (the Gram path keeps only the non-zero
+        ones, ``n_components`` may keep fewer).
+    image_shape: (C, H, W) of the images the basis was fitted on.
+    """
+
+    mean: Tensor
+    eigenvalues: Tensor
+    components: Tensor
+    image_shape: tuple[int, int, int]
+    n_samples: int
+    method: str
+    dataset: str = ""
+    split: str = "train"
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.numel())
+
+    @property
+    def n_stored(self) -> int:
+        return int(self.components.shape[1])
+
+    @property
+    def total_variance(self) -> float:
+        return float(self.eigenvalues.sum())
+
+    def explained_variance_ratio(self) -> Tensor:
+        """(D,) share of the total variance carried by each component."""
+        return self.eigenvalues / self.eigenvalues.sum()
+
+    def cumulative_share(self, side: Side = "top") -> Tensor:
+        """(D,) share of the variance in the first k+1 components from ``side``."""
+        return cumulative_share(self.eigenvalues, side)
+
+    def n_components(self, share: float, side: Side) -> int:
+        """Number of components for ``share`` of the variance from ``side`` (see module doc)."""
+        return n_components(self.eigenvalues, share, side)
+
+    def eigenimages(self, k: int) -> Tensor:
+        """(k, C, H, W) the first k components as images."""
+        if k > self.n_stored:
+            raise ValueError(f"k={k} but the basis stores only {self.n_stored} components")
+        return self.components[:, :k].T.reshape(k, *self.image_shape)
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise if ``images`` (N, C, H, W) are not of the shape the basis was fitted on."""
+        if tuple(images.shape[1:]) != tuple(self.image_shape):
+            raise ValueError(
+                f"PCA basis fitted on images of shape {tuple(self.image_shape)} "
+                f"({self.dataset or 'unnamed dataset'}/{self.split}) cannot filter images "
+                f"of shape {tuple(images.shape[1:])}; fit a basis on this dataset instead"
+            )
+
+    def to(self, device: torch.device | str) -> "PCABasis":
+        return PCABasis(
+            self.mean.to(device), self.eigenvalues.to(device), self.components.to(device),
+            self.image_shape, self.n_samples, self.method, self.dataset, self.split,
+        )
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "format": FORMAT,
+            "dataset": self.dataset,
+            "split": self.split,
+            "image_shape": list(self.image_shape),
+            "layout": "CHW, values in [0, 1]",
+            "n_samples": self.n_samples,
+            "method": self.method,
+            "n_stored": self.n_stored,
+            "share_convention": SHARE_CONVENTION,
+        }
+
+
+def check_share(share: float) -> float:
+    """Return ``share`` as a float if it lies strictly between 0 and 1, else raise."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < float(share) < 1.0:
+        raise ValueError(f"share must be a number strictly between 0 and 1, got {share!r}")
+    return float(share)
+
+
+def check_side(side: str) -> None:
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+
+
+def cumulative_share(eigenvalues: Tensor, side: Side = "top") -> Tensor:
+    """(D,) cumulative share of variance of the 1, 2, ... D components counted from ``side``.
+
+    eigenvalues: (D,) in decreasing order.
+    """
+    check_side(side)
+    ev = eigenvalues.to(torch.float64)
+    if side == "bottom":
+        ev = ev.flip(0)
+    return torch.cumsum(ev, 0) / ev.sum()
+
+
+def n_components(eigenvalues: Tensor, share: float, side: Side) -> int:
+    """Number of components that make up ``share`` of the variance from ``side``.
+
+    top: the smallest k whose share reaches ``share``; bottom: the largest k whose
+    share stays within ``share`` (tolerance ``SHARE_TOL``). ``n(top, 1 - q) +
+    n(bottom, q) == D``.
+    """
+    share = check_share(share)
+    cum = cumulative_share(eigenvalues, side)
+    target = torch.tensor([share], dtype=cum.dtype, device=cum.device)
+    if side == "top":
+        k = int(torch.searchsorted(cum, target - SHARE_TOL, right=False)) + 1
+    else:
+        k = int(torch.searchsorted(cum, target + SHARE_TOL, right=True))
+    return min(k, cum.numel())
+
+
+def as_unit_float(images: Tensor | np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Images as floats in [0, 1]: uint8 is divided by 255, floats are kept as they are."""
+    images = torch.as_tensor(images)
+    if images.dtype == torch.uint8:
+        return images.to(dtype) / 255.0
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+    return images.to(dtype)
+
+
+def _iter_batches(images: Tensor | np.ndarray | Iterable, batch_size: int) -> Iterable[Tensor]:
+    if isinstance(images, (Tensor, np.ndarray)):
+        for start in range(0, len(images), batch_size):
+            yield torch.as_tensor(images[start:start + batch_size])
+    else:
+        yield from (torch.as_tensor(b) for b in images)
+
+
+class CovarianceAccumulator:
+    """Streaming mean and covariance of flattened images, in float64.
+
+    Sums are taken around a shift (the first batch's mean) so that the
+    covariance does not suffer from cancellation: only D + D*D float64 numbers
+    are held, never the dataset.
+    """
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.device = device
+        self.n = 0
+        self.shift: Tensor | None = None
+        self.sum: Tensor | None = None
+        self.sum_sq: Tensor | None = None
+        self.image_shape: tuple[int, ...] | None = None
+
+    def update(self, batch: Tensor) -> None:
+        """batch: (B, C, H, W), uint8 or float in [0, 1]."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(batch.shape)}")
+        if self.image_shape is None:
+            self.image_shape = tuple(batch.shape[1:])
+        elif tuple(batch.shape[1:]) != self.image_shape:
+            raise ValueError(f"batch of shape {tuple(batch.shape[1:])} after batches of {self.image_shape}")
+        if len(batch) == 0:
+            return
+        x = as_unit_float(batch.to(self.device or batch.device), torch.float64).flatten(1)
+        if self.shift is None:
+            self.shift = x.mean(0)
+            self.sum = torch.zeros_like(self.shift)
+            self.sum_sq = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        x = x - self.shift
+        self.sum += x.sum(0)
+        self.sum_sq.addmm_(x.T, x)
+        self.n += len(x)
+
+    def mean_and_covariance(self) -> tuple[Tensor, Tensor]:
+        """Return mean (D,) and sample covariance (D, D), both float64."""
+        if self.n < 2:
+            raise ValueError(f"PCA needs at least 2 images, got {self.n}")
+        m = self.sum / self.n
+        cov = (self.sum_sq - self.n * torch.outer(m, m)) / (self.n - 1)
+        return self.shift + m, (cov + cov.T) / 2
+
+
+def _sorted_eigh(sym: Tensor) -> tuple[Tensor, Tensor]:
+    evals, evecs = torch.linalg.eigh(sym)
+    return evals.flip(0), evecs.flip(1)
+
+
+def _fix_signs(components: Tensor) -> Tensor:
+    """Make the largest-magnitude entry of each component positive (a deterministic sign)."""
+    idx = components.abs().argmax(0)
+    signs = torch.sign(components[idx, torch.arange(components.shape[1], device=components.device)])
+    signs[signs == 0] = 1
+    return components * signs
+
+
+def _fit_covariance(batches: Iterable[Tensor], device) -> tuple[Tensor, Tensor, Tensor, int, tuple]:
+    acc = CovarianceAccumulator(device)
+    for batch in batches:
+        acc.update(batch)
+    mean, cov = acc.mean_and_covariance()
+    evals, evecs = _sorted_eigh(cov)
+    return mean, evals.clamp_min(0), evecs, acc.n, acc.image_shape
+
+
+def _fit_gram(images: Tensor, device, batch_size: int) -> tuple[Tensor, Tensor, Tensor, int, tuple]:
+    """Eigen-decompose the (N, N) Gram matrix instead of the (D, D) covariance (N < D)."""
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 images, got {n}")
+    image_shape = tuple(images.shape[1:])
+    x = torch.cat([as_unit_float(b.to(device), torch.float64).flatten(1) for b in _iter_batches(images, batch_size)])
+    mean = x.mean(0)
+    x -= mean
+    gram = x @ x.T / (n - 1)
+    evals, u = _sorted_eigh((gram + gram.T) / 2)
+    rank = int((evals > evals[0] * n * torch.finfo(torch.float64).eps).sum())
+    evals = evals[:rank]
+    components = x.T @ u[:, :rank] / torch.sqrt(evals * (n - 1))
+    # One step of re-orthonormalisation removes the rounding of the small eigenvalues.
+    components, r = torch.linalg.qr(components)
+    components = components * torch.sign(torch.diagonal(r))
+    all_evals = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    all_evals[:rank] = evals
+    return mean, all_evals, components, n, image_shape
+
+
+def fit_pca(
+    images: Tensor | np.ndarray | Iterable[Tensor],
+    *,
+    method: str = "auto",
+    n_components: int | None = None,
+    batch_size: int = 2048,
+    device: torch.device | str | None = None,
+    dataset: str = "",
+    split: str = "train",
+) -> PCABasis:
+    """Fit PCA on training images (Algorithm 1, steps 1-4). Fit on the training split only.
+
+    images: (N, C, H, W) uint8 or float in [0, 1], as a tensor or array, or an
+        iterable of such batches (streamed; covariance path only).
+    method: "covariance" accumulates the (D, D) covariance in float64 batch by
+        batch; "gram" eigen-decomposes the (N, N) Gram matrix, cheaper when
+        N < D (STL-10's 5,000 labelled 96x96 images); "auto" picks by N and D.
+    n_components: keep only the first K eigenvectors (eigenvalues are kept in full).
+    device: where to accumulate and decompose (default: where the images are).
+    """
+    if method not in FIT_METHODS:
+        raise ValueError(f"method must be one of {FIT_METHODS}, got {method!r}")
+    in_memory = isinstance(images, (Tensor, np.ndarray))
+    if in_memory:
+        if images.ndim != 4:
+            raise ValueError(f"expected images (N, C, H, W), got shape {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError("cannot fit PCA on an empty dataset (0 images)")
+    if method == "auto":
+        method = "gram" if in_memory and len(images) < math.prod(images.shape[1:]) else "covariance"
+    if method == "gram":
+        if not in_memory:
+            raise ValueError("the Gram path needs all images at once: pass a tensor, not an iterable of batches")
+        mean, evals, components, n, image_shape = _fit_gram(torch.as_tensor(images), device, batch_size)
+    else:
+        mean, evals, components, n, image_shape = _fit_covariance(_iter_batches(images, batch_size), device)
+    if n_components is not None:
+        if not 0 < n_components <= len(evals):
+            raise ValueError(f"n_components must be in 1..{len(evals)}, got {n_components}")
+        components = components[:, :n_components]
+    return PCABasis(
+        mean=mean, eigenvalues=evals, components=_fix_signs(components),
+        image_shape=tuple(int(s) for s in image_shape), n_samples=n, method=method,
+        dataset=dataset, split=split,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SubspaceFilter:
+    """Projects images onto a top or bottom variance subspace; build with ``make_filter``.
+
+    Holds the mean and the few components it needs on one device, in one dtype.
+    Call it on float images (N, C, H, W) in [0, 1]; it returns filtered images of
+    the same shape, *with the mean image added back* (Algorithm 1, step 6).
+    """
+
+    side: Side
+    share: float
+    method: BottomMethod
+    mean: Tensor
+    components: Tensor
+    image_shape: tuple[int, int, int]
+    subtract: bool
+
+    @property
+    def n_components(self) -> int:
+        """Number of components of the subspace (for the complement, of the removed top)."""
+        return int(self.components.shape[1])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """images: (N, C, H, W) float in [0, 1] -> (N, C, H, W) filtered, same dtype."""
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"filter built for images of shape {self.image_shape}, got {tuple(images.shape[1:])}"
+            )
+        x = images.flatten(1).to(self.mean.dtype)
+        xc = x - self.mean
+        proj = (xc @ self.components) @ self.components.T
+        out = x - proj if self.subtract else proj + self.mean
+        return out.view_as(images).to(images.dtype)
+
+
+def make_filter(
+    basis: PCABasis,
+    side: Side,
+    share: float,
+    *,
+    method: BottomMethod = "complement",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SubspaceFilter:
+    """Prepare the projection onto the ``side`` subspace explaining ``share`` of the variance.
+
+    Bottom subspaces are computed as the complement of the top-(1 - share) one
+    unless ``method="strict"`` (see the module doc for the difference).
+    """
+    check_side(side)
+    share = check_share(share)
+    if method not in BOTTOM_METHODS:
+        raise ValueError(f"method must be one of {BOTTOM_METHODS}, got {method!r}")
+    d = basis.dim
+    if side == "top" or method == "complement":
+        k = basis.n_components(share, "top") if side == "top" else d - basis.n_components(share, "bottom")
+        cols = slice(0, k)
+        if k > basis.n_stored:
+            raise ValueError(
+                f"{side} {share} needs the first {k} components but the basis stores {basis.n_stored}; "
+                "fit with more components"
+            )
+    else:
+        k = basis.n_components(share, "bottom")
+        start = d - k
+        seen = int((basis.eigenvalues > 0).sum())
+        if basis.n_stored < min(d, seen):
+            raise ValueError(
+                f"strict bottom {share} needs components {start}..{d} but the basis stores only "
+                f"the first {basis.n_stored}; use method='complement' or fit without n_components"
+            )
+        # Components with zero eigenvalue were never seen by the fit: the strict
+        # subspace is restricted to the training span (see module doc).
+        cols = slice(min(start, basis.n_stored), basis.n_stored)
+    device = device if device is not None else basis.mean.device
+    return SubspaceFilter(
+        side=side, share=share, method=method,
+        mean=basis.mean.to(device=device, dtype=dtype),
+        components=basis.components[:, cols].to(device=device, dtype=dtype).contiguous(),
+        image_shape=tuple(basis.image_shape),
+        subtract=(side == "bottom" and method == "complement"),
+    )
+
+
+def project(
+    images: Tensor,
+    basis: PCABasis,
+    side: Side,
+    share: float,
+    *,
+    method: BottomMethod = "complement",
+    batch_size: int = 4096,
+) -> Tensor:
+    """Filter images (N, C, H, W) in [0, 1] onto a subspace, batch by batch, on their device."""
+    basis.check_images(images)
+    flt = make_filter(basis, side, share, method=method, device=images.device,
+                      dtype=images.dtype if images.is_floating_point() else torch.float32)
+    x = as_unit_float(images, flt.mean.dtype)
+    return torch.cat([flt(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def save_basis(basis: PCABasis, path: str | os.PathLike) -> Path:
+    """Write the basis as safetensors with its metadata; atomic (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "mean": basis.mean.detach().cpu().to(torch.float64).contiguous(),
+        "eigenvalues": basis.eigenvalues.detach().cpu().to(torch.float64).contiguous(),
+        "components": basis.components.detach().cpu().to(torch.float32).contiguous(),
+    }
+    meta = {k: json.dumps(v) for k, v in basis.metadata().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_basis(path: str | os.PathLike, device: torch.device | str = "cpu") -> PCABasis:
+    """Read a basis written by ``save_basis``. Components come back as float64."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a PCA basis of format {FORMAT} (found {meta.get('format')!r})")
+        tensors = {k: f.get_tensor(k) for k in ("mean", "eigenvalues", "components")}
+    return PCABasis(
+        mean=tensors["mean"].to(device),
+        eigenvalues=tensors["eigenvalues"].to(device),
+        components=tensors["components"].to(device=device, dtype=torch.float64),
+        image_shape=tuple(meta["image_shape"]),
+        n_samples=int(meta["n_samples"]),
+        method=meta["method"],
+        dataset=meta["dataset"],
+        split=meta["split"],
+    )
