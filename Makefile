@@ -1,0 +1,39 @@
+# The two entry points of the README: `make book` (main job) and `make test`.
+# Both create .venv with Python 3.11 and install what they need from PyPI.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+# Extra arguments for pytest, e.g. make test PYTEST_ARGS="-m slow"
+PYTEST_ARGS ?=
+
+.PHONY: install book notebooks html check-book test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[book,test]"
+	touch $@
+
+install: $(STAMP)
+
+## Main job: execute every notebook on the embedded data, then build the book.
+book: notebooks html
+
+notebooks: $(STAMP)
+	$(PY) -m lowvar_mae notebooks
+
+html: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
+	@echo "book: $(CURDIR)/_build/html/index.html"
+
+check-book: $(STAMP)
+	$(PY) -m lowvar_mae check-book
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf _build book/executed

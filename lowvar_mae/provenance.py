@@ -1,0 +1,110 @@
+"""Where runs and results live, what produced them, and writing files atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("lowvar-mae", "torch", "torchvision", "timm", "numpy", "scikit-learn", "safetensors")
+
+
+def repo_root() -> Path | None:
+    """The checkout this package was imported from, or None for an installed copy."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def _default_dir(env: str, name: str, explicit: str | os.PathLike | None) -> Path:
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    root = repo_root()
+    if root is None:
+        raise RuntimeError(f"cannot place {name}/ outside a checkout: set {env}")
+    return root / name
+
+
+def runs_dir(path: str | os.PathLike | None = None) -> Path:
+    """Run folders (checkpoints, metrics): argument > $LOWVAR_MAE_RUNS > <checkout>/runs."""
+    return _default_dir("LOWVAR_MAE_RUNS", "runs", path)
+
+
+def results_dir(path: str | os.PathLike | None = None) -> Path:
+    """Result records (small JSON, committed): argument > $LOWVAR_MAE_RESULTS > <checkout>/results."""
+    return _default_dir("LOWVAR_MAE_RESULTS", "results", path)
+
+
+def git_revision() -> str:
+    """The checkout's commit, with '-dirty' if tracked files changed; 'unknown' outside git."""
+    root = repo_root()
+    if root is None:
+        return "unknown"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_info(device: str | None = None) -> dict[str, str]:
+    """Name of the device a computation ran on, and the CPU's vector capability."""
+    import torch
+
+    info = {"device": str(device or "cpu"), "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads())}
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    else:
+        info["device_name"] = f"CPU ({info['cpu_capability']}, {os.cpu_count()} cores)"
+    return info
+
+
+def provenance(device: str | None = None) -> dict[str, object]:
+    """Everything a result record needs to say where it came from."""
+    return {
+        "git_revision": git_revision(),
+        "versions": versions(),
+        **device_info(device),
+        "host": platform.node(),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
