@@ -146,6 +146,10 @@ PRESETS: dict[str, MAEConfig] = {
     "small-cifar": MAEConfig(
         img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4,
         decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, pos_embed="learned"),
+    # The same for STL-10's 96x96 images: 64 patches of 12x12.
+    "small-stl": MAEConfig(
+        img_size=96, patch_size=12, embed_dim=128, depth=4, num_heads=4,
+        decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, pos_embed="learned"),
     # For tests: 16 patches, 4 kept at mask_ratio 0.75.
     "micro": MAEConfig(
         img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,

@@ -1,0 +1,266 @@
+"""MAE pretraining runs: a config, a run folder named from it, and the loop that fills it.
+
+A run folder holds ``config.json``, ``provenance.json`` (versions, git revision, device,
+seed), ``metrics.jsonl`` (one line per epoch), the latest checkpoint (safetensors),
+``recon/epoch-NNNN.safetensors`` (reconstructions of a fixed test batch) and, when the
+run is finished, ``summary.json``. Running a finished config again loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .checkpoint import latest_checkpoint, load_weights, unwrap
+from .data import DATASETS, load_dataset
+from .models import MAE, build_mae, get_config
+from .provenance import atomic_write_json, provenance, runs_dir
+from .targets import dataset_basis, make_target, parse_target
+from .train import (AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
+                    init_distributed, normalize, read_metrics, resolve_device, resolve_precision,
+                    scaled_lr, train_loop)
+
+# Recipes: the presentation's numbers ("paper") and a CPU-minutes one ("quick").
+# Units: epochs over the training split; batch = images per optimiser step (all GPUs).
+RECIPES: dict[str, dict] = {
+    "paper": dict(epochs=400, warmup_epochs=40, batch_size=512, base_lr=1.5e-4, weight_decay=0.05,
+                  betas=(0.9, 0.95), model_size="vit-tiny"),
+    "quick": dict(epochs=8, warmup_epochs=1, batch_size=128, base_lr=1e-3, weight_decay=0.05,
+                  betas=(0.9, 0.95), model_size="small"),
+}
+# Model preset by recipe size and image size.
+MODEL_PRESETS = {("vit-tiny", 32): "vit-tiny-cifar", ("vit-tiny", 96): "vit-tiny-stl",
+                 ("small", 32): "small-cifar", ("small", 96): "small-stl"}
+# Fields that do not change what is learned, left out of the run name's hash.
+NOT_IN_NAME = ("compile",)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines a pretraining run. Papermill parameters map onto these fields."""
+
+    dataset: str = "synthetic"
+    target: str = "pixels"          # pixels | norm-pix | pca-bottom:<q> | pca-top:<p>
+    recipe: str = "quick"
+    model: str = "small-cifar"      # a preset of lowvar_mae.models
+    epochs: int = 8
+    warmup_epochs: float = 1
+    batch_size: int = 128           # images per optimiser step
+    accum_steps: int = 1            # micro-batches per step (gradient accumulation)
+    base_lr: float = 1e-3           # lr = base_lr * batch_size / 256
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    mask_ratio: float = 0.75
+    augment: str = "none"           # none (as in the original work) | flip | crop-flip (as in MAE)
+    n_train: int | None = None      # use a seeded subset of the training split
+    pca_method: str = "complement"  # how bottom targets are computed (lowvar_mae.pca)
+    precision: str = "auto"         # auto | fp32 | bf16
+    compile: bool = False
+    seed: int = 0
+    recon_every: int = 0            # save reconstructions every k epochs (0: first and last only)
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
+        parse_target(self.target)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
+        get_config(self.model, mask_ratio=self.mask_ratio)
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        for name in ("epochs", "batch_size", "accum_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in 0..epochs={self.epochs}, got {self.warmup_epochs}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainConfig":
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig fields: {unknown}")
+        values = dict(values)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+    @property
+    def run_name(self) -> str:
+        """Readable prefix plus a hash of every field that changes what is learned."""
+        key = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_NAME}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+        target = self.target.replace(":", "")
+        return f"pretrain-{self.dataset}-{target}-{self.recipe}-e{self.epochs}-s{self.seed}-{digest}"
+
+
+def make_config(recipe: str = "quick", dataset: str = "synthetic", target: str = "pixels", **overrides) -> PretrainConfig:
+    """A PretrainConfig from a recipe's numbers, the dataset's model preset and overrides.
+
+    None values in ``overrides`` mean "the recipe's value" (handy for notebook parameters).
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    values = dict(RECIPES[recipe])
+    size = values.pop("model_size")
+    values["model"] = MODEL_PRESETS[(size, DATASETS[dataset].image_shape[0])]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PretrainConfig(dataset=dataset, target=target, recipe=recipe, **values)
+
+
+@dataclass
+class PretrainRun:
+    run_dir: Path
+    config: PretrainConfig
+    model: MAE
+    metrics: list[dict]
+    trained_now: bool
+
+    def reconstructions(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Saved reconstructions by epoch: input, target, prediction, mask as images in [0, 1]."""
+        return load_reconstructions(self.run_dir)
+
+
+def is_finished(run_dir: Path, config: PretrainConfig) -> bool:
+    return (run_dir / "summary.json").is_file() and len(read_metrics(run_dir)) >= config.epochs
+
+
+def load_reconstructions(run_dir: str | Path) -> dict[int, dict[str, torch.Tensor]]:
+    out = {}
+    for path in sorted((Path(run_dir) / "recon").glob("epoch-*.safetensors")):
+        out[int(path.stem.split("-")[1])] = {k: v.float() for k, v in load_file(str(path)).items()}
+    return out
+
+
+@torch.no_grad()
+def reconstruct(model: MAE, x01: torch.Tensor, target_fn: Callable, seed: int) -> dict[str, torch.Tensor]:
+    """Reconstruct a batch (N, C, H, W) in [0, 1] with a fixed mask; all outputs as images in [0, 1]."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=x01.device).manual_seed(seed)
+    target = target_fn(x01)
+    loss, pred, mask = model(normalize(x01), target, generator=gen)
+    model.train(was_training)
+    p, c = model.config.patch_size, model.config.in_chans
+    mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * c).to(x01.dtype))
+    return {"input": x01, "target": denormalize(target), "prediction": denormalize(model.unpatchify(pred.float())),
+            "mask": mask_img[:, :1], "loss": loss.reshape(1).float()}
+
+
+def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, device: str | None = "auto",
+             force: bool = False, progress: bool = True, stop_after: int | None = None,
+             epoch_hooks: list[Callable] | None = None) -> PretrainRun:
+    """Train ``config`` (resuming its run folder), or load it if already finished.
+
+    force: delete the run folder and train again. stop_after: stop after that many
+    epochs of this call (the run resumes later). epoch_hooks: functions
+    ``hook(model, epoch) -> dict`` whose results are added to the epoch's metrics.
+    """
+    dev = resolve_device(device)
+    dist = init_distributed(dev)
+    if dev.type == "cuda" and dist.world_size > 1:
+        dev = torch.device("cuda", dist.local_rank)
+    run_dir = runs_dir(root) / config.run_name
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_mae(config.model, mask_ratio=config.mask_ratio).to(dev)
+    if force and dist.is_main:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if is_finished(run_dir, config):
+        load_weights(model, latest_checkpoint(run_dir))
+        return PretrainRun(run_dir, config, model, read_metrics(run_dir), trained_now=False)
+
+    precision = resolve_precision(dev, config.precision)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
+        if not (run_dir / "provenance.json").is_file():
+            atomic_write_json(run_dir / "provenance.json",
+                              {**provenance(str(dev)), "seed": config.seed, "precision": precision,
+                               "world_size": dist.world_size})
+
+    train = load_dataset(config.dataset, "train")
+    if config.n_train is not None:
+        train = train.subset(config.n_train, seed=config.seed)
+    images = train.to_tensor(dev)
+    basis = None
+    if parse_target(config.target).needs_basis:
+        basis = dataset_basis(config.dataset, root=root, device=dev)
+    target_fn = make_target(config.target, basis=basis, patch_size=model.config.patch_size,
+                            image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
+    recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
+
+    data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size // dist.world_size * dist.world_size,
+                      dist=dist)
+    peak = scaled_lr(config.base_lr, config.batch_size)
+    optimizer = build_optimizer(model, kind="adamw", lr=peak, weight_decay=config.weight_decay,
+                                betas=config.betas, device=dev)
+    net: nn.Module = model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dist.local_rank] if dev.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+
+    def loss_fn(m, x_u8, labels, gen):
+        x01 = augment(x_u8, config.augment, gen)
+        loss, _, _ = m(normalize(x01), target_fn(x01), generator=gen)
+        return loss
+
+    def on_epoch_end(epoch: int, metrics: dict) -> dict:
+        extra = {}
+        for hook in epoch_hooks or ():
+            extra.update(hook(unwrap(model), epoch) or {})
+        every = config.recon_every or config.epochs
+        if dist.is_main and (epoch == 1 or epoch % every == 0 or epoch == config.epochs):
+            rec = reconstruct(model, recon_x, target_fn, seed=config.seed)
+            (run_dir / "recon").mkdir(exist_ok=True)
+            tmp = run_dir / "recon" / f".epoch-{epoch:04d}.tmp"
+            save_file({k: v.to(torch.float16).cpu().contiguous() for k, v in rec.items()}, str(tmp))
+            os.replace(tmp, run_dir / "recon" / f"epoch-{epoch:04d}.safetensors")
+            extra["recon_loss"] = float(rec["loss"])
+        return extra
+
+    loop = LoopConfig(epochs=config.epochs, peak_lr=peak, warmup_epochs=config.warmup_epochs, seed=config.seed,
+                      accum_steps=config.accum_steps, precision=precision)
+    start = time.perf_counter()
+    metrics = train_loop(run_dir, net, optimizer, data, loss_fn, loop, dev, dist=dist,
+                         on_epoch_end=on_epoch_end, progress=progress, stop_after=stop_after)
+    if dist.is_main and len(metrics) >= config.epochs:
+        atomic_write_json(run_dir / "summary.json", {
+            "run_name": config.run_name, "final_loss": metrics[-1]["loss"], "epochs": len(metrics),
+            "train_seconds": sum(m["seconds"] for m in metrics),
+            "images_per_s": sum(m["images_per_s"] for m in metrics) / len(metrics),
+            "wall_seconds_this_call": time.perf_counter() - start, "precision": precision,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        })
+    return PretrainRun(run_dir, config, model, metrics, trained_now=True)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> PretrainRun:
+    """A finished (or partly trained) run folder: config, metrics, and the model at its last checkpoint."""
+    run_dir = Path(run_dir)
+    raw = json.loads((run_dir / "config.json").read_text())
+    raw.pop("run_name", None)
+    config = PretrainConfig.from_dict(raw)
+    model = build_mae(config.model, mask_ratio=config.mask_ratio).to(device)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
+    load_weights(model, ckpt)
+    return PretrainRun(run_dir, config, model, read_metrics(run_dir), trained_now=False)
