@@ -13,6 +13,7 @@ import yaml
 BOOK_PAGES = {
     "book/executed/00_introduction.html": 0,
     "book/executed/01_pca_variance_components.html": 3,
+    "book/executed/02_mae_pretraining.html": 3,
 }
 
 
@@ -47,6 +48,26 @@ def cmd_check_book(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_pretrain(args) -> int:
+    from .pretrain import make_config, pretrain
+
+    overrides = {k: getattr(args, k) for k in [*PRETRAIN_OPTIONS, "compile"]}
+    config = make_config(args.recipe, args.dataset, args.target, **overrides)
+    run = pretrain(config, root=args.runs, device=args.device, force=args.force, progress=not args.no_progress)
+    last = run.metrics[-1] if run.metrics else {}
+    state = "trained" if run.trained_now else "loaded (finished earlier; --force retrains)"
+    print(f"{run.run_dir}: {state}; {len(run.metrics)} epochs, final loss {last.get('loss', float('nan')):.5f}")
+    return 0
+
+
+# Config fields exposed as --options (None: the recipe's value). Same names as the notebook parameters.
+PRETRAIN_OPTIONS = {
+    "model": str, "epochs": int, "warmup_epochs": float, "batch_size": int, "accum_steps": int,
+    "base_lr": float, "weight_decay": float, "mask_ratio": float, "augment": str, "n_train": int,
+    "pca_method": str, "precision": str, "seed": int, "recon_every": int,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowvar-mae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shots", default="_build/screenshots")
     p.add_argument("--no-screenshots", action="store_true")
     p.set_defaults(func=cmd_check_book)
+
+    p = sub.add_parser("pretrain", help="pretrain an MAE (resumes or loads its run folder); torchrun-ready")
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--target", default="pixels", help="pixels | norm-pix | pca-bottom:<q> | pca-top:<p>")
+    p.add_argument("--recipe", default="quick", help="quick | paper")
+    for name, kind in PRETRAIN_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runs", default=None, help="runs folder (default: $LOWVAR_MAE_RUNS or <checkout>/runs)")
+    p.add_argument("--force", action="store_true", help="delete the run folder and train again")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -122,3 +122,38 @@ def dataset_note(name: str):
             "`dataset='cifar10'` (see the README) for real images.\n```"
         )
     return Markdown(f"This page ran on **{name}**.")
+
+
+def masked_view(images: Tensor, mask: Tensor, fill: float = 0.5) -> Tensor:
+    """Images (N, C, H, W) with masked pixels (mask (N, 1, H, W), 1 = masked) set to grey."""
+    return images * (1 - mask) + fill * mask
+
+
+def reconstruction_grid(rec: Mapping[str, Tensor], n: int = 8, stretch_target: bool = False):
+    """Masked input / prediction / target / original for one saved reconstruction batch.
+
+    The prediction is shown where it counts (masked patches), pasted into the visible input.
+    """
+    x, mask = rec["input"][:n], rec["mask"][:n]
+    pasted = x * (1 - mask) + rec["prediction"][:n].clamp(0, 1) * mask
+    rows = {"masked input": masked_view(x, mask), "prediction": pasted,
+            "target": rec["target"][:n], "original": x}
+    return image_grid(rows, stretch=["target"] if stretch_target else [])
+
+
+def plot_curves(frames: Mapping[str, "object"], y: str = "loss", x: str = "epoch", logy: bool = True,
+                ylabel: str | None = None):
+    """One line per named DataFrame (e.g. metrics.jsonl of several runs)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, df in frames.items():
+        ax.plot(df[x], df[y], marker="o", ms=3, label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

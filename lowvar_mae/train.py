@@ -254,7 +254,7 @@ class LoopConfig:
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, loss_fn: LossFn,
               epoch: int, cfg: LoopConfig, device: torch.device, dist: Distributed = Distributed(),
-              last_good: str = "none", progress: bool = False) -> dict:
+              last_good: str = "none") -> dict:
     """Train one epoch; returns its metrics. Raises NonFiniteLossError naming the step."""
     model.train()
     steps = data.steps_per_epoch
@@ -266,10 +266,6 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceDa
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     start = time.perf_counter()
     batches = data.epoch(epoch, cfg.seed)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
     n_images = 0
     for i, (images, labels) in enumerate(batches):
         step = epoch * steps + i
@@ -345,8 +341,7 @@ def train_loop(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Opt
 
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="epochs")
     for epoch in epochs:
-        metrics = run_epoch(model, optimizer, data, loss_fn, epoch, cfg, device, dist, last_good,
-                            progress=bar is not None)
+        metrics = run_epoch(model, optimizer, data, loss_fn, epoch, cfg, device, dist, last_good)
         if on_epoch_end is not None:
             metrics.update(on_epoch_end(epoch + 1, metrics) or {})
         if dist.is_main:

@@ -10,6 +10,7 @@ from lowvar_mae import book
 SMALLEST = {
     "00_introduction": {},
     "01_pca_variance_components": {"n_images": 300, "n_eigenimages": 4, "n_examples": 3},
+    "02_mae_pretraining": {"epochs": 1, "n_train": 64, "batch_size": 32, "target": "pixels"},
 }
 
 
