@@ -206,8 +206,7 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
     recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
 
-    data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size // dist.world_size * dist.world_size,
-                      dist=dist)
+    data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist)
     peak = scaled_lr(config.base_lr, config.batch_size)
     optimizer = build_optimizer(model, kind="adamw", lr=peak, weight_decay=config.weight_decay,
                                 betas=config.betas, device=dev)

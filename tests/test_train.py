@@ -1,6 +1,7 @@
 """Targets, the training loop, run folders, checkpoints and resume."""
 
 import json
+import os
 import math
 
 import pytest
@@ -274,3 +275,22 @@ def test_pretrain_config_rejects_bad_values():
     assert make_config("paper", "cifar10").model == "vit-tiny-cifar"
     assert make_config("paper", "stl10").model == "vit-tiny-stl"
     assert make_config("paper", "cifar10").epochs == 400
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_run(tmp_path):
+    """The DistributedDataParallel path (gloo on CPU) trains and writes one run folder."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lowvar_mae", "pretrain", "--epochs", "1", "--n-train", "64", "--batch-size", "32",
+           "--device", "cpu", "--runs", str(tmp_path), "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = [p for p in tmp_path.iterdir() if p.name.startswith("pretrain-")]
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and math.isfinite(metrics[0]["loss"])
+    assert json.loads((run / "provenance.json").read_text())["world_size"] == 2
+    # both ranks took half of each batch: 64 images in 2 steps of 32
+    assert metrics[0]["steps"] == 2
