@@ -26,7 +26,7 @@ from .data import DATASETS, load_dataset
 from .models import MAE, build_mae, get_config
 from .provenance import atomic_write_json, provenance, runs_dir
 from .targets import dataset_basis, make_target, parse_target
-from .train import (AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
+from .train import (AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on,
                     init_distributed, normalize, read_metrics, resolve_device, resolve_precision,
                     scaled_lr, train_loop)
 
@@ -198,7 +198,9 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
     train = load_dataset(config.dataset, "train")
     if config.n_train is not None:
         train = train.subset(config.n_train, seed=config.seed)
-    images = train.to_tensor(dev)
+    images = train.to_tensor()
+    if fits_on(dev, images.numel()):
+        images = images.to(dev)
     basis = None
     if parse_target(config.target).needs_basis:
         basis = dataset_basis(config.dataset, root=root, device=dev)
@@ -206,7 +208,7 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
     recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
 
-    data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist)
+    data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist, device=dev)
     peak = scaled_lr(config.base_lr, config.batch_size)
     optimizer = build_optimizer(model, kind="adamw", lr=peak, weight_decay=config.weight_decay,
                                 betas=config.betas, device=dev)

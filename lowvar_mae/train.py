@@ -150,20 +150,25 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 class DeviceData:
-    """A labelled image set held as uint8 (N, C, H, W) on the training device.
+    """A labelled image set held as uint8 (N, C, H, W), best on the training device.
 
-    ``epoch(e, seed)`` yields (images uint8 (B, C, H, W), labels (B,)) batches in an order
-    seeded from (seed, e); under torchrun each rank takes every world_size-th batch item.
+    ``epoch(e, seed)`` yields (images uint8 (B, C, H, W), labels (B,)) batches on ``device``
+    in an order seeded from (seed, e); under torchrun each rank takes every world_size-th
+    item of each batch. When the set does not fit on the device (see ``fits_on``), keep it
+    in pinned CPU memory and pass ``device``: each batch is then copied asynchronously.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, drop_last: bool = True,
-                 dist: Distributed = Distributed()):
+                 dist: Distributed = Distributed(), device: torch.device | str | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size % dist.world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by world size {dist.world_size}")
+        self.device = torch.device(device) if device is not None else images.device
+        if self.device != images.device and self.device.type == "cuda" and not images.is_pinned():
+            images = images.pin_memory()
         self.images, self.labels = images, labels.to(images.device)
         self.batch_size, self.drop_last, self.dist = batch_size, drop_last, dist
         if self.steps_per_epoch == 0:
@@ -183,7 +188,16 @@ class DeviceData:
         for step in range(self.steps_per_epoch):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             idx = idx[self.dist.rank::self.dist.world_size]
-            yield self.images[idx], self.labels[idx]
+            yield (self.images[idx].to(self.device, non_blocking=True),
+                   self.labels[idx].to(self.device, non_blocking=True))
+
+
+def fits_on(device: torch.device, n_bytes: int, share: float = 0.5) -> bool:
+    """Whether ``n_bytes`` take at most ``share`` of the device's free memory (always true on CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return n_bytes <= share * free
 
 
 def augment(images: Tensor, kind: str, generator: torch.Generator | None = None,

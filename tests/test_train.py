@@ -294,3 +294,16 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     assert json.loads((run / "provenance.json").read_text())["world_size"] == 2
     # both ranks took half of each batch: 64 images in 2 steps of 32
     assert metrics[0]["steps"] == 2
+
+
+def test_device_data_order_is_seeded_and_covers_each_item_once():
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2).contiguous()
+    data = DeviceData(images, torch.arange(20), batch_size=5, device="cpu")
+    first = torch.cat([y for _, y in data.epoch(0, seed=1)])
+    assert sorted(first.tolist()) == list(range(20))
+    assert torch.equal(first, torch.cat([y for _, y in data.epoch(0, seed=1)]))
+    assert not torch.equal(first, torch.cat([y for _, y in data.epoch(1, seed=1)]))
+    for x, y in data.epoch(0, seed=1):
+        assert torch.equal(x[:, 0, 0, 0].long(), y)  # images and labels stay paired
+    with pytest.raises(ValueError, match="no full batch"):
+        DeviceData(images[:3], torch.arange(3), batch_size=5)
