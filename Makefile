@@ -22,8 +22,9 @@ install: $(STAMP)
 ## Main job: execute every notebook on the embedded data, then build the book.
 book: notebooks html
 
+# Records of the book's own runs (embedded data) stay in _build/results, never in results/.
 notebooks: $(STAMP)
-	$(PY) -m lowvar_mae notebooks
+	LOWVAR_MAE_RESULTS=$(CURDIR)/_build/results $(PY) -m lowvar_mae notebooks
 
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet

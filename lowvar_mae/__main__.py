@@ -14,6 +14,7 @@ BOOK_PAGES = {
     "book/executed/00_introduction.html": 0,
     "book/executed/01_pca_variance_components.html": 3,
     "book/executed/02_mae_pretraining.html": 3,
+    "book/executed/03_evaluation.html": 4,
 }
 
 
@@ -68,6 +69,27 @@ PRETRAIN_OPTIONS = {
 }
 
 
+GRID_TARGETS = ["pixels", "pca-bottom:0.25", "pca-bottom:0.1", "pca-top:0.75", "pca-top:0.6", "norm-pix", "none"]
+
+
+def cmd_grid(args) -> int:
+    """Refresh Table 1: the evaluation chapter once per dataset, finished runs loaded, not redone."""
+    from . import book
+
+    source = book.find_notebook("03")
+    out = Path(args.out)
+    for dataset in args.datasets:
+        params = {"dataset": dataset, "targets": args.targets, "seeds": args.seeds, "probes": args.probes,
+                  "pretrain_recipe": args.recipe, "eval_recipe": args.recipe, "device": args.device,
+                  "n_train": None, "n_test": None}
+        start = time.perf_counter()
+        target = out / f"{source.stem}_{dataset}_{args.recipe}.ipynb"
+        print(f"{dataset}: {len(args.targets)} targets x {len(args.seeds)} seeds x {args.probes} -> {target}", flush=True)
+        book.execute_notebook(source, target, params, progress=args.progress)
+        print(f"  done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowvar-mae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="delete the run folder and train again")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("grid", help="pretrain and evaluate every Table 1 cell (datasets x targets x seeds x probes)")
+    p.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100", "stl10"])
+    p.add_argument("--targets", nargs="+", default=GRID_TARGETS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--probes", nargs="+", default=["finetune", "linprobe", "knn"])
+    p.add_argument("--recipe", default="paper", help="pretraining and evaluation recipe: paper | quick")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="_build/grid", help="where the executed notebooks go")
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=cmd_grid)
 
     args = parser.parse_args(argv)
     return args.func(args)

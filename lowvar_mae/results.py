@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .provenance import atomic_write_json, provenance, results_dir
+from .provenance import atomic_write_json, provenance, repo_root, results_dir
 
 
 def write_record(kind: str, fields: dict, *, device: str | None = None,
@@ -28,13 +28,32 @@ def write_record(kind: str, fields: dict, *, device: str | None = None,
     return atomic_write_json(results_dir(root) / kind / f"{stem}.json", record)
 
 
+def record_dirs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Folders records are read from: ``root`` alone if given; else the committed
+    ``<checkout>/results`` plus ``$LOWVAR_MAE_RESULTS`` when that points elsewhere
+    (where a book build keeps the records of its own runs on the embedded data)."""
+    if root is not None:
+        return [Path(root)]
+    dirs = [results_dir()]
+    committed = repo_root()
+    if committed is not None and (committed / "results") not in dirs:
+        dirs.append(committed / "results")
+    return dirs
+
+
 def load_records(kind: str, root: str | os.PathLike | None = None):
-    """All records of ``kind`` as a pandas DataFrame (provenance flattened to columns)."""
+    """All records of ``kind`` as a pandas DataFrame (provenance flattened to columns).
+
+    Reads every folder of ``record_dirs(root)``; a file name seen twice is read once.
+    """
     import pandas as pd
 
-    folder = results_dir(root) / kind
+    paths = {}
+    for folder in record_dirs(root):
+        for path in sorted((folder / kind).glob("*.json")):
+            paths.setdefault(path.name, path)
     rows = []
-    for path in sorted(folder.glob("*.json")):
+    for path in paths.values():
         rec = json.loads(path.read_text())
         prov = rec.pop("provenance", {})
         rows.append({**rec, **{k: v for k, v in prov.items() if k != "versions"},

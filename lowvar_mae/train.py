@@ -150,7 +150,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 class DeviceData:
-    """A labelled image set held as uint8 (N, C, H, W), best on the training device.
+    """A labelled image set held as uint8 (N, C, H, W) (or cached features (N, D)), best on the training device.
 
     ``epoch(e, seed)`` yields (images uint8 (B, C, H, W), labels (B,)) batches on ``device``
     in an order seeded from (seed, e); under torchrun each rank takes every world_size-th
@@ -160,8 +160,9 @@ class DeviceData:
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, drop_last: bool = True,
                  dist: Distributed = Distributed(), device: torch.device | str | None = None):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if not ((images.dtype == torch.uint8 and images.ndim == 4) or (images.is_floating_point() and images.ndim == 2)):
+            raise ValueError("images must be uint8 (N, C, H, W) or cached float features (N, D), "
+                             f"got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size % dist.world_size:

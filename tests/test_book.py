@@ -52,3 +52,15 @@ def test_cli_rejects_unknown_command(capsys):
     with pytest.raises(SystemExit):
         main(["frobnicate"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_records_are_read_from_the_build_and_the_committed_folder(tmp_path, monkeypatch):
+    from lowvar_mae.results import record_dirs
+
+    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path / "build"))
+    dirs = record_dirs()
+    assert dirs == [tmp_path / "build", provenance.repo_root() / "results"]
+    write_record("probe-kind", {"dataset": "toy"})
+    assert (tmp_path / "build" / "probe-kind").is_dir()
+    assert not (provenance.repo_root() / "results" / "probe-kind").exists()
+    assert len(load_records("probe-kind")) == 1

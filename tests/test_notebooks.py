@@ -11,6 +11,8 @@ SMALLEST = {
     "00_introduction": {},
     "01_pca_variance_components": {"n_images": 300, "n_eigenimages": 4, "n_examples": 3},
     "02_mae_pretraining": {"epochs": 1, "n_train": 64, "batch_size": 32, "target": "pixels"},
+    "03_evaluation": {"targets": ["pixels", "none"], "seeds": [0], "n_train": 64, "n_test": 50,
+                      "pretrain_epochs": 1, "eval_epochs": 1, "batch_size": 16},
 }
 
 
