@@ -220,7 +220,9 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
 
     def loss_fn(m, x_u8, labels, gen):
         x01 = augment(x_u8, config.augment, gen)
-        loss, _, _ = m(normalize(x01), target_fn(x01), generator=gen)
+        with torch.autocast(dev.type, enabled=False):  # PCA filtering stays in float32 under bf16
+            target = target_fn(x01)
+        loss, _, _ = m(normalize(x01), target, generator=gen)
         return loss
 
     def on_epoch_end(epoch: int, metrics: dict) -> dict:

@@ -13,6 +13,10 @@ SMALLEST = {
     "02_mae_pretraining": {"epochs": 1, "n_train": 64, "batch_size": 32, "target": "pixels"},
     "03_evaluation": {"targets": ["pixels", "none"], "seeds": [0], "n_train": 64, "n_test": 50,
                       "pretrain_epochs": 1, "eval_epochs": 1, "batch_size": 16},
+    "04_subspace_classification": {"shares_top": [0.9], "shares_bottom": [0.25], "epochs": 1, "n_train": 128,
+                                   "n_fit": 300},
+    "05_learning_order": {"targets": ["pixels"], "epochs": 1, "n_train": 32, "batch_size": 32, "n_eval": 8,
+                          "n_fit": 300},
 }
 
 

@@ -39,7 +39,7 @@ def test_import_has_no_side_effects():
     code = (
         "import sys, torch; before = torch.get_num_threads(); "
         "import lowvar_mae, lowvar_mae.pca, lowvar_mae.data, lowvar_mae.models, lowvar_mae.plots, "
-        "lowvar_mae.results, lowvar_mae.book; "
+        "lowvar_mae.results, lowvar_mae.book, lowvar_mae.analysis, lowvar_mae.evaluate, lowvar_mae.pretrain; "
         "assert torch.get_num_threads() == before; "
         "assert 'matplotlib.pyplot' not in sys.modules"
     )

@@ -1,0 +1,231 @@
+"""Subspace classification and learning-order analyses: invariants and cross-checks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lowvar_mae import analysis, pca
+from lowvar_mae.data import load_dataset, make_synthetic
+from lowvar_mae.models import build_mae
+from lowvar_mae.pretrain import make_config, pretrain
+from lowvar_mae.targets import basis_path, make_target
+from lowvar_mae.train import read_metrics
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path / "results"))
+    return tmp_path / "runs"
+
+
+def smooth_images(n=400, shape=(3, 8, 8), seed=0):
+    """Images in [0, 1] with a steep spectrum: smooth fields plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.rand(n, shape[0], 2, 2, generator=g), size=shape[1:],
+                                             mode="bilinear", align_corners=False)
+    return (0.8 * smooth + 0.2 * torch.rand(n, *shape, generator=g)).double()
+
+
+def small_synthetic(n, seed, size=8):
+    images, labels = make_synthetic(n, seed, size)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+# ---------------------------------------------------------------- subspace classification
+
+
+def test_projection_keeps_the_asked_share_within_one_component():
+    x = smooth_images()
+    basis = pca.fit_pca(x, method="covariance")
+    largest = float(basis.explained_variance_ratio()[0])
+    not_exact = 0
+    for side, shares in (("top", analysis.DEFAULT_SHARES_TOP), ("bottom", analysis.DEFAULT_SHARES_BOTTOM)):
+        for share in shares:
+            kept = analysis.kept_variance_share(analysis.project_split(x, basis, side, share), x)
+            if side == "top":
+                assert share - 1e-9 <= kept <= share + largest + 1e-9, (side, share, kept)
+            else:
+                assert share - largest - 1e-9 <= kept <= share + 1e-9, (side, share, kept)
+            # On the images the basis was fitted on, the measured share is the eigenvalue share.
+            assert kept == pytest.approx(analysis.eigen_share(basis, side, share), abs=1e-9)
+            not_exact += abs(kept - share) > 1e-3
+    assert not_exact > 0  # the cases do test the "within one component" slack
+    # uint8 images are read as [0, 1]; the full side is the images themselves
+    u8 = (x[:50] * 255).round().to(torch.uint8)
+    assert analysis.kept_variance_share(analysis.project_split(u8, basis, "full", None), u8) == pytest.approx(1.0)
+
+
+def test_subspace_columns_span_the_projection():
+    x = smooth_images(n=300)
+    basis = pca.fit_pca(x, method="covariance")
+    coords = analysis.pca_coordinates(x.float(), basis)
+    comps = basis.components.float()
+    for side, share in (("top", 0.9), ("bottom", 0.1), ("full", None)):
+        cols = analysis.subspace_columns(basis, side, share)
+        rebuilt = coords[:, cols] @ comps[:, cols].T + basis.mean.float()
+        expected = analysis.project_split(x.float(), basis, side, share).flatten(1)
+        torch.testing.assert_close(rebuilt, expected, atol=2e-5, rtol=0)
+        assert cols.stop - cols.start == analysis.subspace_dim(basis, side, share)
+
+
+def test_linear_classifier_beats_chance_and_pixels_agree_with_coordinates():
+    train_x, train_y = small_synthetic(1000, 1)
+    test_x, test_y = small_synthetic(500, 2)
+    basis = pca.fit_pca(train_x, method="covariance")
+    cfg = analysis.LinearConfig(weight_decay=1e-2, max_iter=300)  # strongly convex: converges fully
+    pixels = analysis.linear_accuracy(pca.as_unit_float(train_x), train_y, pca.as_unit_float(test_x), test_y, 10, cfg)
+    assert pixels["test_accuracy"] > 0.3  # chance: 0.1 (binomial std on 500 images: 0.013)
+    coords = analysis.linear_accuracy(analysis.pca_coordinates(train_x, basis), train_y,
+                                      analysis.pca_coordinates(test_x, basis), test_y, 10, cfg,
+                                      pixel_dim=basis.dim)
+    assert max(pixels["iterations"], coords["iterations"]) < cfg.max_iter
+    # The same penalised problem in rotated variables: the same optimum.
+    assert coords["train_loss"] == pytest.approx(pixels["train_loss"], rel=1e-3)
+    assert abs(coords["test_accuracy"] - pixels["test_accuracy"]) <= 0.004
+
+
+def test_grid_runs_both_classifiers_and_the_convnet_run_loads(runs):
+    train_x, train_y = small_synthetic(256, 1)
+    test_x, test_y = small_synthetic(128, 2)
+    basis = pca.fit_pca(train_x, method="covariance")
+    cfg = analysis.ConvNetConfig(width=4, epochs=1, batch_size=64)
+    kwargs = dict(num_classes=10, dataset="toy", shares_top=(0.9,), shares_bottom=(0.25,),
+                  classifiers=("linear", "convnet"), convnet=cfg, linear=analysis.LinearConfig(max_iter=20))
+    rows = analysis.classify_subspaces(train_x, train_y, test_x, test_y, basis, **kwargs)
+    assert [(r["side"], r["classifier"]) for r in rows] == [
+        (s, c) for s in ("full", "top", "bottom") for c in ("linear", "convnet")]
+    for r in rows:
+        assert 0 <= r["test_accuracy"] <= 1
+        assert r["full_accuracy"] == rows[0 if r["classifier"] == "linear" else 1]["test_accuracy"]
+        json.dumps(r)  # a record must be JSON
+    conv = [r for r in rows if r["classifier"] == "convnet"]
+    assert all(r["details"]["epochs_done"] == 1 for r in conv)
+    assert len({r["details"]["run_dir"] for r in conv}) == 3
+    assert len(read_metrics(conv[1]["details"]["run_dir"])) == 1
+    again = analysis.classify_subspaces(train_x, train_y, test_x, test_y, basis, **kwargs)
+    for a, b in zip(rows, again):
+        assert a["test_accuracy"] == b["test_accuracy"]
+    assert len(read_metrics(conv[1]["details"]["run_dir"])) == 1  # loaded, not trained again
+
+
+def test_pad_crop_flip_takes_a_shifted_window():
+    x = torch.rand(64, 3, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    out = analysis.pad_crop_flip(x, 2, g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    flips = 0
+    for i in range(len(x)):
+        windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(out[i], w) for w in windows)
+        flipped = any(torch.equal(out[i], w.flip(-1)) for w in windows)
+        assert plain or flipped
+        flips += flipped and not plain
+    assert 10 < flips < 54
+
+
+# ---------------------------------------------------------------- learning order
+
+
+def hand_basis(n_stored=5, seed=0):
+    """A 6-dimensional basis with eigenvalues 4, 3, 1, 1, 0.5, 0.5 (shares .4 .7 .8 .9 .95 1)."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((6, 6)))
+    basis = pca.PCABasis(mean=torch.full((6,), 0.5, dtype=torch.float64),
+                         eigenvalues=torch.tensor([4, 3, 1, 1, 0.5, 0.5], dtype=torch.float64),
+                         components=torch.from_numpy(q[:, :n_stored].copy()), image_shape=(6, 1, 1),
+                         n_samples=100, method="hand")
+    return basis, q
+
+
+def test_band_errors_match_a_direct_numpy_computation():
+    basis, q = hand_basis(n_stored=5)
+    bands = analysis.make_bands(basis, (0, 0.5, 0.9, 1))
+    assert bands.starts == (0, 2, 4, 6)  # top 50%: 2 components; top 90%: 4 (boundary met exactly)
+    rng = np.random.default_rng(1)
+    pred, target, images = rng.random((3, 7, 6))
+    result = analysis.band_errors(torch.from_numpy(pred), torch.from_numpy(target), basis, bands,
+                                  images=torch.from_numpy(images))
+    coef = (pred - target) @ q  # all six directions, numpy's own
+    expected = [(coef[:, 0:2] ** 2).sum(1).mean(), (coef[:, 2:4] ** 2).sum(1).mean(),
+                (coef[:, 4:6] ** 2).sum(1).mean()]
+    np.testing.assert_allclose(result.sq_error.numpy(), expected, rtol=1e-10)
+    residual_var = (((images - 0.5) @ q[:, 5]) ** 2).mean()  # the one direction not stored
+    np.testing.assert_allclose(result.variance.numpy(), [7, 2, 0.5 + residual_var], rtol=1e-10)
+    np.testing.assert_allclose(result.rel_error.numpy(), np.array(expected) / [7, 2, 0.5 + residual_var])
+
+
+@pytest.mark.parametrize("truncated", [False, True])
+def test_band_errors_add_up_to_the_total_squared_error(truncated):
+    x = smooth_images(n=40, shape=(3, 4, 4))  # 40 images < 48 pixels: the Gram path stores 39
+    basis = pca.fit_pca(x)
+    edges = analysis.DECILES
+    if truncated:  # keep two components beyond the start of the last band
+        edges = (0, 0.3, 0.6, 1)
+        basis = pca.fit_pca(x, n_components=basis.n_components(0.6, "top") + 2)
+    assert basis.n_stored < basis.dim
+    g = torch.Generator().manual_seed(3)
+    pred, target = torch.rand(2, 9, 3, 4, 4, generator=g, dtype=torch.float64)
+    mask = (torch.rand(9, 1, 4, 4, generator=g) < 0.75).double()
+    for m in (None, mask):
+        result = analysis.band_errors(pred, target, basis, edges, mask=m)
+        err = ((pred - target) * (1 if m is None else m)).flatten(1)
+        total = float((err ** 2).sum(1).mean())
+        assert float(result.sq_error.sum()) == pytest.approx(total, rel=1e-10)
+        assert result.total_sq_error == pytest.approx(total, rel=1e-10)
+        assert (result.sq_error >= 0).all()
+        # The last band holds the residual too, not just its stored components.
+        stored_last = ((err @ basis.components) ** 2).mean(0)[result.bands.starts[-2]:].sum()
+        assert float(result.sq_error[-1]) > float(stored_last) + 0.1 * total
+
+
+def test_band_edges_are_checked():
+    basis, _ = hand_basis(n_stored=2)
+    with pytest.raises(ValueError, match="increase from 0 to 1"):
+        analysis.make_bands(basis, (0.1, 0.5, 1))
+    with pytest.raises(ValueError, match="stores 2 components"):
+        analysis.make_bands(basis, (0, 0.5, 0.9, 1))  # the last band would start at component 4
+
+
+def test_hook_returns_bands_for_a_micro_model():
+    torch.manual_seed(0)
+    model = build_mae("micro")
+    images = smooth_images(n=100, shape=(3, 16, 16)).float()
+    basis = pca.fit_pca(images[:60])  # Gram path: 59 of 768 directions stored, the rest is residual
+    hook = analysis.learning_order_hook(images[60:76], basis, make_target("pixels"), every=2, seed=5)
+    out = hook(model, 1)
+    assert set(out) == {"band_rel_error", "band_edges"}
+    assert out["band_edges"] == pytest.approx(list(analysis.DECILES))
+    values = [v for v in out["band_rel_error"] if v is not None]
+    assert len(out["band_rel_error"]) == 10 and values and all(v > 0 for v in values)
+    assert hook(model, 2) == out  # fixed batch, fixed mask, same weights: same values
+    assert hook(model, 3) == {}
+    json.dumps(out, allow_nan=False)
+
+
+def test_hook_lands_in_metrics_and_a_run_without_bands_is_retrained(runs):
+    config = make_config("quick", "synthetic", epochs=1, batch_size=32, n_train=64)
+    small = pca.fit_pca(load_dataset("synthetic", "train", n=120).to_tensor(), dataset="synthetic")
+    pca.save_basis(small, basis_path("synthetic"))  # dataset_basis finds it instead of fitting 5000 images
+
+    plain = pretrain(config, device="cpu", progress=False)  # another chapter's run: no hook
+    assert "band_rel_error" not in plain.metrics[0]
+    weights = {k: v.clone() for k, v in plain.model.state_dict().items()}
+
+    run, note = analysis.learning_order_run(config, n_eval=8, missing="skip", device="cpu")
+    assert not run.trained_now and "without band metrics" in note
+    assert analysis.read_band_metrics(run.run_dir).empty
+
+    run, note = analysis.learning_order_run(config, n_eval=8, device="cpu")
+    assert run.trained_now and note.startswith("retrained")
+    line = read_metrics(run.run_dir)[0]
+    assert len(line["band_rel_error"]) == 10 and line["band_edges"][-1] == 1.0
+    frame = analysis.read_band_metrics(run.run_dir)
+    assert len(frame) == 10 and list(frame["band"]) == list(range(10)) and set(frame["epoch"]) == {1}
+    for k, v in run.model.state_dict().items():  # the hook changes nothing in what is learned
+        torch.testing.assert_close(v, weights[k], rtol=0, atol=0)
+
+    run, note = analysis.learning_order_run(config, n_eval=8, device="cpu")
+    assert not run.trained_now and note == "loaded with band metrics"
