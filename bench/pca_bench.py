@@ -1,0 +1,539 @@
+"""PCA fit and filter time: exact eigendecomposition against a top-k solver.
+
+The complement filter behind ``pca-bottom:q`` needs only the top components that carry
+``1 - q`` of the variance (about 20 of CIFAR-10's 3,072 for q = 0.25) plus the total
+variance, which is the trace of the covariance. ``lowvar_mae.pca.fit_pca`` computes all
+of them. This benchmark times, on the sizes the project meets:
+
+* ``exact``: ``fit_pca`` as it is (covariance path: stream the (D, D) covariance, then
+  ``torch.linalg.eigh``; Gram path: eigen-decompose the (N, N) Gram matrix);
+* ``topk-data``: the candidate solver below on the data as an operator, never forming a
+  matrix: subspace iteration with Rayleigh-Ritz, C q = Xc^T (Xc q) / (N - 1), one pass
+  over the images per iteration, float32 passes until the residual is small, float64
+  after;
+* ``topk-cov`` (CIFAR size only): the package's streamed covariance, then the same
+  subspace iteration on it instead of the full ``eigh``.
+
+For each path it reports the fit time, the time to filter images with
+``lowvar_mae.pca.project``, and, against ``exact`` on the same images, the relative
+difference of the filtered images and the number of components chosen.
+
+Sizes: CIFAR-10 (50,000 x 3,072, covariance path; real CIFAR-10 when
+``LOWVAR_MAE_DATA`` holds it, synthetic otherwise), STL-10 train (5,000 x 27,648, Gram
+path) and STL-10 train + unlabeled (105,000 x 27,648, covariance path: exact is always
+estimated, its covariance alone is 6.1 GB and 160 TFLOP). With ``--quick`` the exact fits
+run on fewer images and their full-size times are extrapolated (``estimated: true``).
+
+    python bench/pca_bench.py --quick          # < 4 minutes on a 2-core CPU
+    python bench/pca_bench.py                  # full sizes (about half an hour there)
+    python bench/pca_bench.py --device cuda    # on a GPU
+
+The solver here (``fit_pca_topk``) is the proposal for ``fit_pca(..., solver="topk")``;
+it uses the package's helpers and returns a ``PCABasis`` that ``make_filter`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lowvar_mae import pca
+from lowvar_mae.data import DatasetNotFoundError, load_dataset, make_synthetic
+from lowvar_mae.provenance import atomic_write_json, provenance, results_dir
+
+KIND = "pca_bench"
+SCHEMA = 1
+
+# Benchmark sizes. exact: "measure" or "estimate"; quick_exact_n: images for the exact
+# fit with --quick (its full-size time is then extrapolated).
+CASES: dict[str, dict] = {
+    "cifar": dict(label="CIFAR-10 train", n=50_000, image_size=32, exact_method="covariance",
+                  exact="measure", quick_exact_n=10_000, topk_cov=True),
+    "stl-train": dict(label="STL-10 train", n=5_000, image_size=96, exact_method="gram",
+                      exact="measure", quick_exact_n=1_000, topk_cov=False),
+    "stl-unlabeled": dict(label="STL-10 train+unlabeled", n=105_000, image_size=96,
+                          exact_method="covariance", exact="estimate", quick_exact_n=None, topk_cov=False),
+}
+
+
+# ---------------------------------------------------------------- the candidate top-k solver
+
+
+def eigenvalue_vector(top: Tensor, total_variance: float, dim: int) -> Tensor:
+    """(D,) eigenvalues: the computed ``top`` ones, then the remaining variance spread
+    evenly over the other D - k, so the sum is the total variance and top-share counts up
+    to k are exact (the tail is no estimate of single eigenvalues; its mean is at most the
+    k-th eigenvalue, so the order stays decreasing for converged ``top``)."""
+    top = top.clamp_min(0)
+    k = len(top)
+    tail = max(total_variance - float(top.sum()), 0.0) / max(dim - k, 1)
+    return torch.cat([top, torch.full((dim - k,), tail, dtype=top.dtype, device=top.device)])
+
+
+class DataCovariance:
+    """The sample covariance of in-memory images as an operator that is never formed.
+
+    images: (N, C, H, W) uint8 or float in [0, 1]. ``self(q, fine)`` returns
+    C q = Xc^T (Xc q) / (N - 1) for q (D, m) float64, in one pass over the images,
+    computed in float32 (``fine=False``) or float64, accumulated in float64. The
+    centred images are cached per dtype when they fit in ``max_cache_bytes``.
+    """
+
+    def __init__(self, images: Tensor | np.ndarray, *, batch_size: int = 4096,
+                 device: torch.device | str | None = None, max_cache_bytes: int = 2 ** 31):
+        self.images = torch.as_tensor(images)
+        if self.images.ndim != 4 or len(self.images) < 2:
+            raise ValueError(f"need images (N >= 2, C, H, W), got shape {tuple(self.images.shape)}")
+        self.device = torch.device(device) if device is not None else self.images.device
+        self.n = len(self.images)
+        self.image_shape = tuple(int(s) for s in self.images.shape[1:])
+        self.dim = math.prod(self.image_shape)
+        self.batch_size, self.max_cache_bytes = batch_size, max_cache_bytes
+        # Mean and total variance (trace of C) in float64, sums taken around a shift.
+        shift = s1 = s2 = None
+        for x in self._unit_batches(torch.float64):
+            if shift is None:
+                shift = x.mean(0)
+                s1, s2 = torch.zeros_like(shift), torch.zeros_like(shift)
+            x = x - shift
+            s1 += x.sum(0)
+            s2 += (x * x).sum(0)
+        m1 = s1 / self.n
+        self.mean = shift + m1
+        self.total_variance = float(((s2 - self.n * m1 * m1) / (self.n - 1)).sum())
+        self._cache: dict[torch.dtype, Tensor] = {}
+
+    def _unit_batches(self, dtype: torch.dtype):
+        for start in range(0, self.n, self.batch_size):
+            batch = self.images[start:start + self.batch_size].to(self.device)
+            yield pca.as_unit_float(batch, dtype).flatten(1)
+
+    def _centred_batches(self, dtype: torch.dtype):
+        if dtype in self._cache:
+            yield from self._cache[dtype].split(self.batch_size)
+            return
+        mean = self.mean.to(dtype)
+        if self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes:
+            self._cache.clear()
+            self._cache[dtype] = torch.cat([x - mean for x in self._unit_batches(dtype)])
+            yield from self._cache[dtype].split(self.batch_size)
+            return
+        for x in self._unit_batches(dtype):
+            yield x - mean
+
+    def __call__(self, q: Tensor, fine: bool = True) -> Tensor:
+        dtype = torch.float64 if fine else torch.float32
+        qd = q.to(dtype)
+        out = torch.zeros(self.dim, q.shape[1], dtype=torch.float64, device=q.device)
+        for xc in self._centred_batches(dtype):
+            out += (xc.T @ (xc @ qd)).to(torch.float64)
+        return out / (self.n - 1)
+
+
+def topk_eigh(apply_cov: Callable[[Tensor, bool], Tensor], dim: int, total_variance: float, *,
+              n_components: int | None = None, top_share: float | None = None, max_rank: int | None = None,
+              block: int = 32, depth: int = 4, oversample: int = 16, tol: float = 5e-5, coarse_tol: float = 1e-2,
+              max_cycles: int = 100, seed: int = 0, device: torch.device | str = "cpu",
+              ) -> tuple[Tensor, Tensor, dict]:
+    """Leading eigenpairs of a symmetric positive semi-definite operator C.
+
+    Restarted block Lanczos with full reorthogonalisation (Golub & Underwood 1977;
+    thick restart as in Wu & Simon 2000; the randomized block Krylov method of Musco &
+    Musco 2015). A cycle builds the Krylov basis V = [X, C X, ..., C^(depth-1) X]
+    (orthonormalised, ``block`` columns per step), keeps W = C V from the same operator
+    calls, takes the Rayleigh-Ritz pairs of V^T W and restarts from the top ``block`` Ritz
+    vectors, whose C-product it already has: ``depth - 1`` calls of ``apply_cov`` per
+    cycle. ``apply_cov(q, fine)`` returns C q for q (D, m) float64 orthonormal;
+    ``fine=False`` may compute in lower precision, used until the residual is below
+    ``coarse_tol`` and stops falling (the rounding floor). Give ``n_components`` = k or
+    ``top_share``: k is then the package's count for that share (``pca.n_components``)
+    from the Ritz values and ``total_variance``; the block doubles until it holds
+    k + ``oversample`` columns. Converged when every wanted Ritz pair has
+    ||C v - theta v|| <= ``tol`` times the gap theta_k - theta_(k+1): by Davis-Kahan, the
+    angle to the true top-k subspace (what the complement filter depends on) is then at
+    most ``tol``, so a filtered image moves by at most ``tol`` times its distance to the
+    mean image (5e-5 keeps filtered images within 1e-4 of the exact ones). Raises RuntimeError after ``max_cycles`` (a share boundary between two
+    nearly equal eigenvalues has no well-defined top-k subspace). Small problems
+    (D <= 2 * block * depth) are solved by a dense ``eigh``.
+
+    Returns eigenvalues (k,) float64 decreasing, eigenvectors (D, k) float64, info.
+    """
+    if (n_components is None) == (top_share is None):
+        raise ValueError("give exactly one of n_components and top_share")
+    cap = min(dim, max_rank or dim)
+    if n_components is not None and not 0 < n_components <= cap:
+        raise ValueError(f"n_components must be in 1..{cap}, got {n_components}")
+
+    def count(theta: Tensor) -> int:
+        """k for the share from the leading Ritz values (the rest of the variance spread evenly)."""
+        if n_components is not None:
+            return n_components
+        return pca.n_components(eigenvalue_vector(theta, total_variance, dim), top_share, "top")
+
+    if dim <= 2 * block * depth:  # small: form C and decompose it
+        full = apply_cov(torch.eye(dim, dtype=torch.float64, device=device), True)
+        theta, u = torch.linalg.eigh((full + full.T) / 2)
+        theta, u = theta.flip(0).clamp_min(0), u.flip(1)
+        k = count(theta)
+        return theta[:k].clone(), u[:, :k], {"cycles": 0, "block": dim, "k": k, "relative_residual": 0.0,
+                                             "operator_calls": 1, "column_passes": dim, "float64_passes": True}
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def random_block(m: int) -> Tensor:
+        return torch.randn(dim, m, generator=gen, device=device, dtype=torch.float64)
+
+    def orthonormal_to(basis: Tensor, y: Tensor) -> Tensor:
+        """Columns spanning y's part orthogonal to ``basis``: Gram-Schmidt twice, QR, once more."""
+        for _ in range(2):
+            y = y - basis @ (basis.T @ y)
+        y = torch.linalg.qr(y)[0]
+        return y - basis @ (basis.T @ y)
+
+    b = min(cap // 2, max(block, (n_components or 0) + oversample))
+    if b < 1:
+        raise ValueError(f"rank {cap} is too small for the top-k solver; use the exact solver")
+    x = torch.linalg.qr(random_block(b))[0]
+    cx = None  # C x when already known (after a restart)
+    fine, previous_sum, previous_resid, calls, columns = False, None, None, 0, 0
+    for cycle in range(1, max_cycles + 1):
+        steps = max(2, min(depth, cap // b))
+        vs, ws = [x], []
+        for j in range(steps):
+            if j == 0 and cx is not None:
+                w = cx
+            else:
+                w = apply_cov(vs[j], fine)
+                calls, columns = calls + 1, columns + w.shape[1]
+            ws.append(w)
+            if j < steps - 1:
+                vs.append(orthonormal_to(torch.cat(vs, dim=1), w))
+        v, w = torch.cat(vs, dim=1), torch.cat(ws, dim=1)
+        small = v.T @ w
+        theta, u = torch.linalg.eigh((small + small.T) / 2)
+        theta, u = theta.flip(0), u.flip(1)
+        k = count(theta[:b])
+        kk = min(k, b)
+        resid = torch.linalg.vector_norm(w @ u[:, :kk] - (v @ u[:, :kk]) * theta[:kk], dim=0)
+        gap = theta[kk - 1] - theta[kk]
+        rel_resid = float(resid.max() / gap.clamp_min(torch.finfo(torch.float64).tiny))
+        settled = previous_sum is not None and abs(float(theta[:b].sum()) - previous_sum) <= 1e-2 * float(theta[:b].sum())
+        previous_sum = float(theta[:b].sum())
+        if k + oversample > b and 2 * b <= cap and settled:
+            grown = min(cap // 2, 2 * b)  # keep the current Ritz vectors, add random columns
+            x = orthonormal_to(v @ u[:, :b], random_block(grown - b))
+            x = torch.cat([v @ u[:, :b], x], dim=1)
+            b, cx, previous_sum, previous_resid = grown, None, None, None
+            continue
+        if k <= b and rel_resid <= tol:
+            break
+        switch = (not fine and k <= b and rel_resid <= coarse_tol and previous_resid is not None
+                  and rel_resid > 0.9 * previous_resid)  # the low-precision floor: go on in float64
+        fine, previous_resid = fine or switch, rel_resid
+        x = v @ u[:, :b]
+        cx = None if switch else w @ u[:, :b]  # C x of the restart block, known from this cycle
+    else:
+        raise RuntimeError(
+            f"top-k eigensolver did not converge in {max_cycles} cycles (k={k}, block {b}, "
+            f"relative residual {rel_resid:.2e} > {tol:.0e}); use the exact solver")
+    info = {"cycles": cycle, "block": b, "k": k, "relative_residual": rel_resid, "operator_calls": calls,
+            "column_passes": columns, "float64_passes": fine}
+    return theta[:k].clone(), v @ u[:, :k], info
+
+
+def fit_pca_topk(images: Tensor | np.ndarray, *, top_share: float | None = None, n_components: int | None = None,
+                 operator: str = "data", batch_size: int = 4096, device: torch.device | str | None = None,
+                 seed: int = 0, tol: float = 5e-5, block: int = 32, depth: int = 4, dataset: str = "",
+                 split: str = "train") -> tuple[pca.PCABasis, dict]:
+    """Fit only the top components: those carrying ``top_share`` of the variance, or ``n_components``.
+
+    operator "data": the images as a covariance operator (:class:`DataCovariance`, no
+    D x D or N x N matrix); "covariance": the package's streamed covariance, then the
+    same top-k iteration on it. The basis stores k components; its eigenvalues are the
+    k computed ones and the rest of the total variance spread evenly (method
+    "topk-data" / "topk-covariance"), so complement bottom filters and top filters up
+    to that share work, strict bottom filters raise.
+    """
+    images = torch.as_tensor(images)
+    device = torch.device(device) if device is not None else images.device
+    if operator == "data":
+        op = DataCovariance(images, batch_size=batch_size, device=device)
+        mean, total, apply_cov, image_shape, n = op.mean, op.total_variance, op, op.image_shape, op.n
+    elif operator == "covariance":
+        acc = pca.CovarianceAccumulator(device)
+        for start in range(0, len(images), batch_size):
+            acc.update(images[start:start + batch_size])
+        mean, cov = acc.mean_and_covariance()
+        total, image_shape, n = float(torch.diagonal(cov).sum()), acc.image_shape, acc.n
+
+        def apply_cov(q: Tensor, fine: bool = True) -> Tensor:
+            return cov @ q
+    else:
+        raise ValueError(f"operator must be 'data' or 'covariance', got {operator!r}")
+    dim = mean.numel()
+    top, vectors, info = topk_eigh(apply_cov, dim, total, n_components=n_components, top_share=top_share,
+                                   max_rank=n - 1, seed=seed, tol=tol, block=block, depth=depth,
+                                   device=device)
+    basis = pca.PCABasis(mean=mean, eigenvalues=eigenvalue_vector(top, total, dim),
+                         components=pca._fix_signs(vectors), image_shape=tuple(int(s) for s in image_shape),
+                         n_samples=n, method=f"topk-{operator}", dataset=dataset, split=split)
+    return basis, info
+
+
+# ---------------------------------------------------------------- measurement helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def eigh_timer():
+    """Time the eigendecomposition inside ``fit_pca`` (wraps ``pca._sorted_eigh`` for the block)."""
+    spent = {"seconds": 0.0}
+    original = pca._sorted_eigh
+
+    def timed(sym):
+        start = time.perf_counter()
+        out = original(sym)
+        sync(sym.device)
+        spent["seconds"] += time.perf_counter() - start
+        return out
+
+    pca._sorted_eigh = timed
+    try:
+        yield spent
+    finally:
+        pca._sorted_eigh = original
+
+
+def timed(fn: Callable, device: torch.device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def synthetic_images(n: int, image_size: int, seed: int = 0, chunk: int = 5_000) -> Tensor:
+    """(n, 3, S, S) uint8 synthetic images (lowvar_mae.data's generator), made in chunks."""
+    if image_size == 32 and n <= 50_000:
+        return load_dataset("synthetic", "train", n=n).to_tensor()
+    out = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+    for i, start in enumerate(range(0, n, chunk)):
+        images, _ = make_synthetic(min(chunk, n - start), seed + 1_000 * i, image_size)
+        out[start:start + len(images)] = torch.from_numpy(images).permute(0, 3, 1, 2)
+    return out
+
+
+def case_images(case: dict, n: int, data: str) -> tuple[Tensor, str]:
+    """Images for a case and where they came from: real CIFAR-10 when asked for / found."""
+    if case["image_size"] == 32 and data in ("auto", "real"):
+        try:
+            train = load_dataset("cifar10", "train", download=False)
+            return train.to_tensor()[:n], "cifar10 (real)"
+        except DatasetNotFoundError:
+            if data == "real":
+                raise
+    return synthetic_images(n, case["image_size"]), f"synthetic {case['image_size']}x{case['image_size']}"
+
+
+def filter_difference(images: Tensor, exact: pca.PCABasis, other: pca.PCABasis, share: float) -> dict:
+    """How far ``other``'s bottom-``share`` complement filter is from ``exact``'s on ``images``."""
+    a = pca.project(images, exact, "bottom", share)
+    b = pca.project(images, other, "bottom", share)
+    diff = (a - b).norm()
+    centred = a - exact.mean.to(a.dtype).view(1, *exact.image_shape)
+    return {"share": share, "k_exact": exact.n_components(1 - share, "top"),
+            "k_topk": other.n_components(1 - share, "top"),
+            "rel_diff": float(diff / a.norm()), "rel_diff_centred": float(diff / centred.norm()),
+            "max_abs_diff": float((a - b).abs().max())}
+
+
+def filter_seconds(images: Tensor, basis: pca.PCABasis, share: float, device: torch.device) -> float:
+    _, seconds = timed(lambda: pca.project(images, basis, "bottom", share), device)
+    return seconds
+
+
+# ---------------------------------------------------------------- the cases
+
+
+def run_case(name: str, case: dict, *, quick: bool, shares: list[float], device: torch.device, data: str,
+             n_check: int, n_filter: int, measured: dict, log=print) -> dict:
+    """Measure one size; ``measured`` carries the numbers that estimates of later cases use."""
+    n_full, dim = case["n"], 3 * case["image_size"] ** 2
+    top_share = 1 - min(shares)
+    rows, accuracy = [], []
+    n_exact = None
+    if case["exact"] == "measure":
+        n_exact = min(n_full, case["quick_exact_n"] or n_full) if quick else n_full
+    topk_full_measured = case["exact"] == "measure" or not quick
+    n_load = n_full if topk_full_measured else 0
+    start = time.perf_counter()
+    images, source = case_images(case, n_load, data) if n_load else (None, "none (estimated)")
+    log(f"[{name}] {n_load} images ({source}) ready in {time.perf_counter() - start:.1f} s")
+    result = {"case": name, "label": case["label"], "n_images": n_full, "dim": dim, "data": source,
+              "exact_method": case["exact_method"], "n_exact_fit": n_exact}
+
+    def row(path: str, n: int, fit_s: float, *, estimated: bool = False, **extra) -> dict:
+        r = {"case": name, "path": path, "n_images": n, "dim": dim, "fit_s": fit_s, "estimated": estimated, **extra}
+        rows.append(r)
+        log(f"[{name}] {path:10s} n={n:7d} fit {fit_s:9.2f} s" + (" (estimated)" if estimated else "")
+            + "".join(f" {k}={v}" for k, v in extra.items() if k in ("k", "cycles", "operator_calls", "block")))
+        return r
+
+    if n_exact:
+        x = images[:n_exact].to(device)
+        with eigh_timer() as spent:
+            exact, t_exact = timed(lambda: pca.fit_pca(x, method=case["exact_method"]), device)
+        row("exact", n_exact, t_exact, eigh_s=spent["seconds"], k=exact.n_components(top_share, "top"))
+        measured[name] = {"n": n_exact, "dim": dim, "fit_s": t_exact, "eigh_s": spent["seconds"]}
+        candidates = [("topk-data", "data")] + ([("topk-cov", "covariance")] if case["topk_cov"] else [])
+        bases = {"exact": exact}
+        for path, operator in candidates:
+            (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=top_share, operator=operator), device)
+            bases[path] = basis
+            row(path, n_exact, t, **info)
+            for share in shares:
+                d = filter_difference(x[:n_check], exact, basis, share)
+                accuracy.append({"path": path, "n_images": n_exact, **d})
+                log(f"[{name}] {path:10s} bottom {share}: k {d['k_exact']} vs {d['k_topk']}, "
+                    f"rel diff {d['rel_diff']:.2e} (centred {d['rel_diff_centred']:.2e})")
+        nf = min(n_filter, n_exact)
+        result["filter"] = {"n_images": nf, "share": min(shares), "seconds": {
+            p: filter_seconds(x[:nf], b, min(shares), device) for p, b in bases.items()}}
+        result["speedup_measured"] = {"n_images": n_exact, **{
+            r["path"]: t_exact / r["fit_s"] for r in rows if r["path"] != "exact"}}
+        del x, bases, exact
+    # Full size: the top-k fit measured (or scaled from a smaller one), the exact one
+    # measured above or estimated.
+    if n_exact != n_full:
+        if topk_full_measured:
+            x = images.to(device)
+            (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=top_share, operator="data"), device)
+            row("topk-data", n_full, t, **info)
+            if "filter" not in result:
+                nf = min(n_filter, n_full)
+                result["filter"] = {"n_images": nf, "share": min(shares),
+                                    "seconds": {"topk-data": filter_seconds(x[:nf], basis, min(shares), device)}}
+            del x, basis
+        else:
+            ref = max((r for r in measured.get("_topk_rows", []) if r["dim"] == dim), key=lambda r: r["n_images"])
+            row("topk-data", n_full, ref["fit_s"] * n_full / ref["n_images"], estimated=True,
+                model=f"top-k fit of {ref['n_images']} images x N ratio (one pass over the images per iteration)")
+        seconds, extra = estimate_exact(name, case, n_full, dim, measured)
+        row("exact", n_full, seconds, **extra)
+    del images
+    measured.setdefault("_topk_rows", []).extend(r for r in rows if r["path"] == "topk-data" and not r["estimated"])
+    full = {r["path"]: r for r in rows if r["n_images"] == n_full}
+    result["speedup_full_size"] = {p: full["exact"]["fit_s"] / r["fit_s"] for p, r in full.items() if p != "exact"}
+    result["speedup_estimated"] = any(r["estimated"] for r in full.values())
+    result["rows"], result["accuracy"] = rows, accuracy
+    return result
+
+
+def estimate_exact(name: str, case: dict, n: int, dim: int, measured: dict) -> tuple[float, dict]:
+    """Full-size time of the exact fit from a smaller measured one; returns (seconds, details)."""
+    if name in measured:  # same case, fewer images
+        m = measured[name]
+        rest, eigh = m["fit_s"] - m["eigh_s"], m["eigh_s"]
+        r = n / m["n"]
+        if case["exact_method"] == "gram":  # Gram, components and QR ~ N^2 D; eigh ~ N^3
+            seconds = rest * r ** 2 + eigh * r ** 3
+            model = f"measured at N={m['n']}: (fit - eigh) x (N ratio)^2 + eigh x (N ratio)^3"
+        else:  # covariance ~ N D^2; eigh of D x D does not depend on N
+            seconds = rest * r + eigh
+            model = f"measured at N={m['n']}: (fit - eigh) x N ratio + eigh"
+        return seconds, {"estimated": True, "model": model}
+    m = measured["cifar"]  # covariance path at another D: accumulate ~ N D^2, eigh ~ D^3
+    rest = (m["fit_s"] - m["eigh_s"]) * (n / m["n"]) * (dim / m["dim"]) ** 2
+    eigh = m["eigh_s"] * (dim / m["dim"]) ** 3
+    return rest + eigh, {"estimated": True, "accumulate_s": rest, "eigh_s": eigh,
+                         "covariance_gb": dim * dim * 8 / 1e9,
+                         "model": f"CIFAR-size fit at N={m['n']}: accumulate x (N ratio)(D ratio)^2 + eigh x (D ratio)^3"}
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'case':14s} {'path':10s} {'images':>8s} {'D':>6s} {'fit s':>10s} {'k':>5s} {'cycles':>6s}  note")
+    for res in results:
+        for r in res["rows"]:
+            note = "estimated" if r["estimated"] else ""
+            print(f"{res['case']:14s} {r['path']:10s} {r['n_images']:8d} {r['dim']:6d} {r['fit_s']:10.2f} "
+                  f"{str(r.get('k', '')):>5s} {str(r.get('cycles', '')):>6s}  {note}")
+    print(f"\n{'case':14s} {'path':10s} {'bottom':>6s} {'k exact':>7s} {'k top-k':>7s} {'rel diff':>9s} {'centred':>9s}")
+    for res in results:
+        for a in res["accuracy"]:
+            print(f"{res['case']:14s} {a['path']:10s} {a['share']:6.2f} {a['k_exact']:7d} {a['k_topk']:7d} "
+                  f"{a['rel_diff']:9.2e} {a['rel_diff_centred']:9.2e}")
+    print()
+    for res in results:
+        ratios = ", ".join(f"exact/{p} {v:.1f}x" for p, v in res["speedup_full_size"].items())
+        print(f"{res['label']} ({res['n_images']} x {res['dim']}): {ratios}"
+              + (" (exact time estimated)" if res["speedup_estimated"] else ""))
+        if "filter" in res:
+            f = res["filter"]
+            print(f"  filter {f['n_images']} images (bottom {f['share']}): "
+                  + ", ".join(f"{p} {s:.2f} s" for p, s in f["seconds"].items()))
+
+
+def default_out(device: torch.device) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return results_dir() / "bench" / f"{KIND}-{device.type}-{stamp}.json"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="exact fits on fewer images, extrapolated (< 4 min on 2 cores)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--shares", nargs="+", type=float, default=None,
+                        help="bottom shares q checked (default 0.25; 0.25 0.1 without --quick)")
+    parser.add_argument("--data", default="auto", choices=["auto", "real", "synthetic"],
+                        help="CIFAR size: real CIFAR-10 from LOWVAR_MAE_DATA (auto: when found) or synthetic")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-check", type=int, default=2_000, help="images whose filtered versions are compared")
+    parser.add_argument("--n-filter", type=int, default=10_000, help="images filtered for the filter time")
+    parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)  # tests: name=n,quick_n;...
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="JSON path (default results/bench/pca_bench-<device>-<time>.json)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    shares = args.shares or ([0.25] if args.quick else [0.25, 0.1])
+    cases = {name: dict(CASES[name]) for name in args.cases}
+    if args.sizes:  # small sizes for the tests, e.g. "cifar=600,300,16;stl-train=200,100,24"
+        for part in args.sizes.split(";"):
+            name, values = part.split("=")
+            n, quick_n, image_size = (int(v) for v in values.split(","))
+            cases[name].update(n=n, quick_exact_n=quick_n or None, image_size=image_size)
+    if "stl-unlabeled" in args.cases and "cifar" not in args.cases:
+        parser.error("the stl-unlabeled estimate needs the cifar case")
+    wall = time.perf_counter()
+    measured: dict = {}
+    results = [run_case(name, case, quick=args.quick, shares=shares, device=device, data=args.data,
+                        n_check=args.n_check, n_filter=args.n_filter, measured=measured)
+               for name, case in cases.items()]
+    print_table(results)
+    record = {"kind": KIND, "schema": SCHEMA, "quick": args.quick, "shares": shares,
+              "cases": results, "wall_seconds": time.perf_counter() - wall,
+              "provenance": {**provenance(str(device)), "load_average": list(os.getloadavg())}}
+    out = Path(args.out) if args.out else default_out(device)
+    atomic_write_json(out, record)
+    print(f"wrote {out} ({record['wall_seconds']:.0f} s)")
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,211 @@
+"""The benchmarks in bench/: structure of their records and cross-checks of what they compare.
+
+bench/ is not a package; its scripts are loaded by path. Everything here runs on the
+micro preset and tiny images so the file takes seconds.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from lowvar_mae import pca
+from lowvar_mae.data import make_synthetic
+from lowvar_mae.models import build_mae
+from lowvar_mae.targets import make_target
+from lowvar_mae.train import augment, normalize
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return load_bench("pretrain_throughput")
+
+
+@pytest.fixture(scope="module")
+def pca_bench():
+    return load_bench("pca_bench")
+
+
+TINY_THROUGHPUT = [
+    "--presets", "micro", "--batch-sizes", "4", "--warmup", "0", "--repeats", "2", "--n-images", "16",
+    "--n-pca-images", "60", "--loop-presets", "micro", "--loop-steps", "1", "--precision-preset", "micro",
+    "--precision-batch", "4", "--bf16-repeats", "1", "--profile-preset", "micro", "--profile-batch", "4",
+    "--profile-steps", "1", "--device", "cpu"]
+TINY_PCA = ["--quick", "--data", "synthetic", "--sizes", "cifar=300,150,8;stl-train=120,80,16;stl-unlabeled=400,0,16",
+            "--n-check", "50", "--n-filter", "60"]
+
+
+@pytest.fixture(scope="module")
+def records(throughput, pca_bench, tmp_path_factory):
+    """Both benchmarks run once on tiny sizes: (folder, throughput record, PCA record)."""
+    folder = tmp_path_factory.mktemp("bench")
+    tp = throughput.main(TINY_THROUGHPUT + ["--out", str(folder / "pretrain_throughput-cpu-test.json")])
+    pb = pca_bench.main(TINY_PCA + ["--out", str(folder / "pca_bench-cpu-test.json")])
+    return folder, tp, pb
+
+
+@pytest.fixture(scope="module")
+def micro_data():
+    images, _ = make_synthetic(120, seed=3, image_size=16)  # (N, H, W, C) uint8
+    basis = pca.fit_pca(torch.from_numpy(images).permute(0, 3, 1, 2), dataset="synthetic")
+    return images, basis
+
+
+# ---------------------------------------------------------------- baseline == fast path
+
+
+def test_baseline_and_fast_path_compute_the_same_target_and_loss(throughput, micro_data):
+    images, basis = micro_data
+    baseline = throughput.baseline
+    dataset = baseline.PILPCADataset(images, basis, 0.25)
+    imgs, target = default_collate([dataset[i] for i in range(6)])  # per-sample PIL + numpy
+    x_u8 = torch.from_numpy(images[:6]).permute(0, 3, 1, 2).contiguous()
+    x01 = augment(x_u8, "none")
+    target_fn = make_target("pca-bottom:0.25", basis=basis, image_shape=(3, 16, 16), device="cpu")
+    torch.testing.assert_close(normalize(x01), imgs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(target_fn(x01), target, atol=1e-5, rtol=0)
+    assert (target - imgs).abs().max() > 1e-2  # the target really is filtered
+
+    torch.manual_seed(0)
+    model = build_mae("micro")
+    fast = throughput.fast_loss(model, x_u8, target_fn, torch.Generator().manual_seed(7))
+    slow = baseline.compute_loss(model, imgs, target, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+
+
+def test_flop_count_includes_cpu_attention(throughput):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_mae("micro")
+    x = torch.rand(2, 3, 16, 16)
+    with FlopCounterMode(display=False) as plain:
+        loss, _, _ = model(x, x)
+        loss.backward()
+    per_image = throughput.model_flops_per_image("micro")
+    assert per_image > plain.get_total_flops() / 2 > 0  # attention adds to the matmuls
+
+
+def test_known_gpu_peaks(throughput):
+    assert throughput.known_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert throughput.known_peak("NVIDIA H100 PCIe") == 756e12
+    assert throughput.known_peak("NVIDIA GeForce RTX 3090") is None
+
+
+def test_throughput_record(records):
+    folder, record, _ = records
+    out = folder / "pretrain_throughput-cpu-test.json"
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert record["kind"] == "pretrain_throughput" and record["device"] == "cpu"
+    rows = {r["path"]: r for r in record["rows"]}
+    assert set(rows) == {"baseline", "fast", "fast-loop"}
+    for r in rows.values():
+        assert r["img_per_s"] > 0 and r["ms_per_step"] > 0 and r["flops_per_step"] > 0 and r["mfu"] > 0
+        assert r["preset"] == "micro" and r["batch"] == 4
+    assert rows["baseline"]["ratio_vs_baseline"] == 1.0 and rows["baseline"]["precision"] == "fp32"
+    assert rows["fast"]["repeats"] == 2 and np.isfinite(rows["fast"]["loss"])
+    pc = record["precision_comparison"]
+    assert [r["precision"] for r in pc["rows"]] == ["fp32", "bf16"]
+    assert pc["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    prof = record["profile"]
+    assert prof["fast"]["top_ops"] and prof["baseline"]["top_ops"]
+    assert any(k.startswith("fast/forward") for k in prof["fast"]["stages_ms_per_step"])
+    assert record["paper_estimate"] is None  # vit-tiny-cifar was not measured
+    for key in ("git_revision", "versions", "device_name", "cpu_capability", "time_utc"):
+        assert key in record["provenance"]
+
+
+def test_paper_estimate_uses_the_largest_fast_batch(throughput):
+    rows = [{"preset": "vit-tiny-cifar", "path": "fast", "batch": b, "img_per_s": ips}
+            for b, ips in ((32, 100.0), (128, 400.0))]
+    est = throughput.paper_estimate(rows)
+    assert est["measured_batch"] == 128
+    assert est["seconds"] == pytest.approx(400 * 50_000 / 400.0)
+
+
+# ---------------------------------------------------------------- PCA: top-k solver
+
+
+def structured(n, shape=(3, 8, 8), seed=0):
+    """Images with a decaying spectrum: smooth modes plus weak noise, float64 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    d = int(np.prod(shape))
+    modes = rng.normal(size=(24, d))
+    coeffs = rng.normal(size=(n, 24)) * (0.8 ** np.arange(24))
+    x = 0.5 + 0.03 * coeffs @ modes + 0.003 * rng.normal(size=(n, d))
+    return torch.from_numpy(np.clip(x, 0, 1).reshape(n, *shape))
+
+
+@pytest.mark.parametrize("operator", ["data", "covariance"])
+@pytest.mark.parametrize("share", [0.25, 0.1])
+def test_topk_solver_matches_the_exact_fit(pca_bench, operator, share):
+    x = structured(600)  # D = 192 <= 2 * block * depth: solved densely
+    exact = pca.fit_pca(x, method="covariance")
+    topk, info = pca_bench.fit_pca_topk(x, top_share=1 - share, operator=operator)
+    k = exact.n_components(1 - share, "top")
+    assert info["k"] == k == topk.n_stored
+    torch.testing.assert_close(topk.eigenvalues[:k], exact.eigenvalues[:k], rtol=1e-6, atol=0)
+    assert float(topk.eigenvalues.sum()) == pytest.approx(exact.total_variance, rel=1e-9)
+    d = pca_bench.filter_difference(x, exact, topk, share)
+    assert d["k_topk"] == d["k_exact"] == k
+    assert d["rel_diff"] < 1e-6
+    with pytest.raises(ValueError, match="strict bottom"):
+        pca.make_filter(topk, "bottom", share, method="strict")
+
+
+def test_topk_solver_iterates_on_large_dimensions(pca_bench):
+    x = structured(300, shape=(3, 16, 16), seed=1)  # D = 768 > 2 * block * depth
+    exact = pca.fit_pca(x, method="covariance")
+    topk, info = pca_bench.fit_pca_topk(x, top_share=0.75, block=8, depth=3)
+    assert info["cycles"] >= 1 and info["relative_residual"] <= 5e-5
+    assert pca_bench.filter_difference(x, exact, topk, 0.25)["rel_diff"] < 1e-6
+
+
+def test_pca_bench_record(records):
+    folder, _, record = records
+    out = folder / "pca_bench-cpu-test.json"
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    cases = {c["case"]: c for c in record["cases"]}
+    assert set(cases) == {"cifar", "stl-train", "stl-unlabeled"}
+    for c in cases.values():
+        assert c["speedup_full_size"]["topk-data"] > 0
+        full = [r for r in c["rows"] if r["n_images"] == c["n_images"]]
+        assert {r["path"] for r in full} >= {"exact", "topk-data"}
+    assert cases["stl-unlabeled"]["speedup_estimated"] and not cases["stl-unlabeled"]["accuracy"]
+    assert all(a["rel_diff"] < 1e-4 and a["k_exact"] == a["k_topk"] for a in cases["cifar"]["accuracy"])
+    assert {a["path"] for a in cases["cifar"]["accuracy"]} == {"topk-data", "topk-cov"}
+
+
+# ---------------------------------------------------------------- notebook 07
+
+
+def output_text(nb: dict) -> str:
+    """Everything the executed notebook's code cells printed or displayed."""
+    return json.dumps([o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])])
+
+
+def test_performance_notebook_executes_on_records(records, tmp_path):
+    """Every cell with both kinds of record (the empty case runs in test_notebooks.py)."""
+    from lowvar_mae import book
+
+    folder, _, _ = records
+    out = book.execute_notebook(book.find_notebook("07"), tmp_path / "07.ipynb", {"bench_dir": str(folder), "batch": 4},
+                                timeout=300)
+    outputs = output_text(json.loads(out.read_text()))
+    assert "no benchmark results yet" not in outputs and "Traceback" not in outputs
+    assert outputs.count("image/png") == 2  # img/s by path and preset; PCA fit times
+    assert "pretrain_throughput-cpu-test.json" in outputs and "pca_bench-cpu-test.json" in outputs
