@@ -377,7 +377,6 @@ def classify_subspaces(train_images: Tensor, train_labels: Tensor, test_images: 
     if (ytr < 0).any() or (yte < 0).any():
         raise ValueError("subspace classification needs labelled images (labels >= 0)")
     basis_dev = basis.to(device)
-    test_var = total_variance(test_u8)
     coords, coords_seconds = None, 0.0
     if "linear" in classifiers:
         start = time.perf_counter()

@@ -7,7 +7,6 @@ go to ``book/executed/`` and the book is built from those, never re-executed.
 from __future__ import annotations
 
 import html.parser
-import os
 import shutil
 import subprocess
 import tempfile

@@ -51,12 +51,11 @@ Every evaluation writes one record with :func:`lowvar_mae.results.write_record`
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_weights, save_checkpoint
+from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import ViTClassifier, ViTEncoder, build_mae, get_config
 from .provenance import atomic_write_json, provenance, results_dir, runs_dir
@@ -116,7 +116,7 @@ KNN_TEMPERATURE = 0.07
 
 
 @dataclass(frozen=True)
-class _EvalConfig:
+class _EvalConfig(RunConfig):
     """What is evaluated, on which data: the fields every protocol shares."""
 
     dataset: str = "synthetic"
@@ -129,6 +129,8 @@ class _EvalConfig:
     precision: str = "auto"          # auto | fp32 | bf16
     eval_batch_size: int = 256       # images per forward pass when extracting features or testing
     seed: int = 0
+
+    NOT_IN_NAME = NOT_IN_NAME
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -155,26 +157,10 @@ class _EvalConfig:
     def metric(self) -> str:
         raise NotImplementedError
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict):
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError (``run_name`` is ignored)."""
-        values = {k: v for k, v in values.items() if k != "run_name"}
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
-
     @property
     def run_name(self) -> str:
         """Readable prefix plus a hash of every field that changes the result (pretraining run included)."""
-        key = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_NAME}
-        key["metric"] = self.metric
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+        digest = self.digest(metric=self.metric)
         return f"{self.metric}-{self.dataset}-{self.target.replace(':', '')}-{self._name_part}-s{self.seed}-{digest}"
 
     @property

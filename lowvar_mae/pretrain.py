@@ -8,13 +8,12 @@ run is finished, ``summary.json``. Running a finished config again loads it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import latest_checkpoint, load_weights, unwrap
+from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import MAE, build_mae, get_config
 from .provenance import atomic_write_json, provenance, runs_dir
@@ -41,12 +41,10 @@ RECIPES: dict[str, dict] = {
 # Model preset by recipe size and image size.
 MODEL_PRESETS = {("vit-tiny", 32): "vit-tiny-cifar", ("vit-tiny", 96): "vit-tiny-stl",
                  ("small", 32): "small-cifar", ("small", 96): "small-stl"}
-# Fields that do not change what is learned, left out of the run name's hash.
-NOT_IN_NAME = ("compile",)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """Everything that defines a pretraining run. Papermill parameters map onto these fields."""
 
     dataset: str = "synthetic"
@@ -69,6 +67,8 @@ class PretrainConfig:
     seed: int = 0
     recon_every: int = 0            # save reconstructions every k epochs (0: first and last only)
 
+    NOT_IN_NAME = ("compile",)      # does not change what is learned
+
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
@@ -86,24 +86,10 @@ class PretrainConfig:
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in 0..epochs={self.epochs}, got {self.warmup_epochs}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PretrainConfig":
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig fields: {unknown}")
-        values = dict(values)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        return cls(**values)
-
     @property
     def run_name(self) -> str:
         """Readable prefix plus a hash of every field that changes what is learned."""
-        key = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_NAME}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+        digest = self.digest()
         target = self.target.replace(":", "")
         return f"pretrain-{self.dataset}-{target}-{self.recipe}-e{self.epochs}-s{self.seed}-{digest}"
 

@@ -321,7 +321,7 @@ def test_pretraining_then_evaluation_end_to_end(dirs):
     assert configs[0].pretrain_run == run.config.run_name and configs[0].n_train == 64
     assert configs[3].target == "none" and configs[3].model == run.config.model
     outcomes = [ev.evaluate(c, progress=False) for c in configs]
-    records = load_records("eval")
+    records = load_records("eval", root=results)
     assert len(records) == 4 and (results / "eval").is_dir()
     assert sorted(records["metric"]) == ["finetune", "knn", "knn", "linprobe"]
     needed = {"dataset", "target", "share", "recipe", "seed", "metric", "value", "best_val_value", "test_at_best",
@@ -340,8 +340,8 @@ def test_pretraining_then_evaluation_end_to_end(dirs):
     # a finished evaluation loads instead of training, and is not recorded twice
     again = ev.evaluate(configs[0], progress=False)
     assert not again.trained_now and again.summary == outcomes[0].summary and again.record is None
-    assert len(load_records("eval")) == 4
-    table = ev.results_table(load_records("eval"))
+    assert len(load_records("eval", root=results)) == 4
+    table = ev.results_table(load_records("eval", root=results))
     assert set(table["count"]) == {1}
     curves = ev.training_curves(outcomes, "linprobe")
     assert list(curves) == ["Original image, seed 0"] and list(curves["Original image, seed 0"]["epoch"]) == [1, 2]
