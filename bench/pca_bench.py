@@ -14,9 +14,11 @@ of them. This benchmark times, on the sizes the project meets:
 * ``topk-cov`` (CIFAR size only): the package's streamed covariance, then the same
   subspace iteration on it instead of the full ``eigh``.
 
-For each path it reports the fit time, the time to filter images with
-``lowvar_mae.pca.project``, and, against ``exact`` on the same images, the relative
-difference of the filtered images and the number of components chosen.
+Top-k fits run once per bottom share q (``--shares``), each computing only the
+components that share's complement filter removes. For each path it reports the fit
+time, the time to filter images with ``lowvar_mae.pca.project``, and, against ``exact``
+on the same images, the relative difference of the filtered images and the number of
+components chosen.
 
 Sizes: CIFAR-10 (50,000 x 3,072, covariance path; real CIFAR-10 when
 ``LOWVAR_MAE_DATA`` holds it, synthetic otherwise), STL-10 train (5,000 x 27,648, Gram
@@ -374,7 +376,6 @@ def run_case(name: str, case: dict, *, quick: bool, shares: list[float], device:
              n_check: int, n_filter: int, measured: dict, log=print) -> dict:
     """Measure one size; ``measured`` carries the numbers that estimates of later cases use."""
     n_full, dim = case["n"], 3 * case["image_size"] ** 2
-    top_share = 1 - min(shares)
     rows, accuracy = [], []
     n_exact = None
     if case["exact"] == "measure":
@@ -398,48 +399,54 @@ def run_case(name: str, case: dict, *, quick: bool, shares: list[float], device:
         x = images[:n_exact].to(device)
         with eigh_timer() as spent:
             exact, t_exact = timed(lambda: pca.fit_pca(x, method=case["exact_method"]), device)
-        row("exact", n_exact, t_exact, eigh_s=spent["seconds"], k=exact.n_components(top_share, "top"))
+        row("exact", n_exact, t_exact, eigh_s=spent["seconds"])
         measured[name] = {"n": n_exact, "dim": dim, "fit_s": t_exact, "eigh_s": spent["seconds"]}
         candidates = [("topk-data", "data")] + ([("topk-cov", "covariance")] if case["topk_cov"] else [])
         bases = {"exact": exact}
-        for path, operator in candidates:
-            (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=top_share, operator=operator), device)
-            bases[path] = basis
-            row(path, n_exact, t, **info)
-            for share in shares:
+        for share in shares:  # one top-k fit per bottom share: only its components
+            for path, operator in candidates:
+                (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=1 - share, operator=operator), device)
+                bases[f"{path} q={share:g}"] = basis
+                row(path, n_exact, t, share=share, **info)
                 d = filter_difference(x[:n_check], exact, basis, share)
                 accuracy.append({"path": path, "n_images": n_exact, **d})
                 log(f"[{name}] {path:10s} bottom {share}: k {d['k_exact']} vs {d['k_topk']}, "
                     f"rel diff {d['rel_diff']:.2e} (centred {d['rel_diff_centred']:.2e})")
         nf = min(n_filter, n_exact)
-        result["filter"] = {"n_images": nf, "share": min(shares), "seconds": {
-            p: filter_seconds(x[:nf], b, min(shares), device) for p, b in bases.items()}}
+        q = min(shares)
+        result["filter"] = {"n_images": nf, "share": q, "seconds": {
+            p: filter_seconds(x[:nf], b, q, device) for p, b in bases.items() if p == "exact" or p.endswith(f"q={q:g}")}}
         result["speedup_measured"] = {"n_images": n_exact, **{
-            r["path"]: t_exact / r["fit_s"] for r in rows if r["path"] != "exact"}}
+            f"{r['path']} q={r['share']:g}": t_exact / r["fit_s"] for r in rows if r["path"] != "exact"}}
         del x, bases, exact
     # Full size: the top-k fit measured (or scaled from a smaller one), the exact one
     # measured above or estimated.
     if n_exact != n_full:
         if topk_full_measured:
             x = images.to(device)
-            (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=top_share, operator="data"), device)
-            row("topk-data", n_full, t, **info)
-            if "filter" not in result:
-                nf = min(n_filter, n_full)
-                result["filter"] = {"n_images": nf, "share": min(shares),
-                                    "seconds": {"topk-data": filter_seconds(x[:nf], basis, min(shares), device)}}
+            for share in shares:
+                (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=1 - share, operator="data"), device)
+                row("topk-data", n_full, t, share=share, **info)
+                if "filter" not in result and share == min(shares):
+                    nf = min(n_filter, n_full)
+                    result["filter"] = {"n_images": nf, "share": share, "seconds": {
+                        f"topk-data q={share:g}": filter_seconds(x[:nf], basis, share, device)}}
             del x, basis
         else:
-            ref = max((r for r in measured.get("_topk_rows", []) if r["dim"] == dim), key=lambda r: r["n_images"])
-            row("topk-data", n_full, ref["fit_s"] * n_full / ref["n_images"], estimated=True,
-                model=f"top-k fit of {ref['n_images']} images x N ratio (one pass over the images per iteration)")
+            for share in shares:
+                ref = max((r for r in measured.get("_topk_rows", []) if r["dim"] == dim and r["share"] == share),
+                          key=lambda r: r["n_images"])
+                row("topk-data", n_full, ref["fit_s"] * n_full / ref["n_images"], estimated=True, share=share,
+                    model=f"top-k fit of {ref['n_images']} images x N ratio (one pass over the images per operator call)")
         seconds, extra = estimate_exact(name, case, n_full, dim, measured)
         row("exact", n_full, seconds, **extra)
     del images
     measured.setdefault("_topk_rows", []).extend(r for r in rows if r["path"] == "topk-data" and not r["estimated"])
-    full = {r["path"]: r for r in rows if r["n_images"] == n_full}
-    result["speedup_full_size"] = {p: full["exact"]["fit_s"] / r["fit_s"] for p, r in full.items() if p != "exact"}
-    result["speedup_estimated"] = any(r["estimated"] for r in full.values())
+    full = [r for r in rows if r["n_images"] == n_full]
+    exact_s = next(r["fit_s"] for r in full if r["path"] == "exact")
+    result["speedup_full_size"] = {f"{r['path']} q={r['share']:g}": exact_s / r["fit_s"]
+                                   for r in full if r["path"] != "exact"}
+    result["speedup_estimated"] = any(r["estimated"] for r in full)
     result["rows"], result["accuracy"] = rows, accuracy
     return result
 
@@ -466,12 +473,14 @@ def estimate_exact(name: str, case: dict, n: int, dim: int, measured: dict) -> t
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"\n{'case':14s} {'path':10s} {'images':>8s} {'D':>6s} {'fit s':>10s} {'k':>5s} {'cycles':>6s}  note")
+    print(f"\n{'case':14s} {'path':10s} {'bottom':>6s} {'images':>8s} {'D':>6s} {'fit s':>10s} {'k':>5s} "
+          f"{'calls':>5s}  note")
     for res in results:
         for r in res["rows"]:
             note = "estimated" if r["estimated"] else ""
-            print(f"{res['case']:14s} {r['path']:10s} {r['n_images']:8d} {r['dim']:6d} {r['fit_s']:10.2f} "
-                  f"{str(r.get('k', '')):>5s} {str(r.get('cycles', '')):>6s}  {note}")
+            share = f"{r['share']:g}" if "share" in r else ""
+            print(f"{res['case']:14s} {r['path']:10s} {share:>6s} {r['n_images']:8d} {r['dim']:6d} {r['fit_s']:10.2f} "
+                  f"{str(r.get('k', '')):>5s} {str(r.get('operator_calls', '')):>5s}  {note}")
     print(f"\n{'case':14s} {'path':10s} {'bottom':>6s} {'k exact':>7s} {'k top-k':>7s} {'rel diff':>9s} {'centred':>9s}")
     for res in results:
         for a in res["accuracy"]:
@@ -479,7 +488,7 @@ def print_table(results: list[dict]) -> None:
                   f"{a['rel_diff']:9.2e} {a['rel_diff_centred']:9.2e}")
     print()
     for res in results:
-        ratios = ", ".join(f"exact/{p} {v:.1f}x" for p, v in res["speedup_full_size"].items())
+        ratios = ", ".join(f"exact / {p}: {v:.1f}x" for p, v in res["speedup_full_size"].items())
         print(f"{res['label']} ({res['n_images']} x {res['dim']}): {ratios}"
               + (" (exact time estimated)" if res["speedup_estimated"] else ""))
         if "filter" in res:

@@ -7,8 +7,9 @@ from the same PCA basis) and are timed side by side, their steps interleaved:
   transforms, the PCA target projected per sample with numpy in ``__getitem__``, fp32,
   eager, plain AdamW (``foreach=False``), ``loss.item()`` every step;
 * ``fast``: the package's pieces composed as ``lowvar_mae.pretrain`` does: uint8 images
-  on the device in ``DeviceData``, batched ``augment`` -> ``targets.make_target`` (the
-  basis on the device) -> model, under ``train.autocast`` with ``resolve_precision``
+  on the device in ``DeviceData`` (pinned CPU memory if they do not fit), batched
+  ``augment`` -> ``targets.make_target`` (the basis on the device, float32 outside
+  autocast) -> model, under ``train.autocast`` with ``resolve_precision``
   ("auto": bf16 on CUDA, fp32 on CPUs without native bf16), ``torch.compile`` on CUDA,
   ``train.build_optimizer`` (fused AdamW on CUDA);
 * ``fast-loop`` (some presets): ``train.run_epoch`` itself on the same data, as a check

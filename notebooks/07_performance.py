@@ -211,7 +211,8 @@ if pb is None:
 else:
     fits = pd.DataFrame([r for c in pb["cases"] for r in c["rows"]])
     print(f"{pb['file']}: {pb['provenance']['device_name']}, bottom shares {pb['shares']}")
-    display(fits[["case", "path", "n_images", "dim", "fit_s", "estimated", "k"]].round(2))
+    display(fits.reindex(columns=["case", "path", "share", "n_images", "dim", "fit_s", "estimated", "k",
+                                  "operator_calls"]).round(2))
     accuracy = pd.DataFrame([a for c in pb["cases"] for a in c["accuracy"]])
     if not accuracy.empty:
         display(accuracy[["path", "n_images", "share", "k_exact", "k_topk", "rel_diff", "rel_diff_centred"]])
@@ -221,14 +222,15 @@ else:
 
 # %%
 if not fits.empty:
-    full = pd.DataFrame([r for c in pb["cases"] for r in c["rows"] if r["n_images"] == c["n_images"]])
+    full = pd.DataFrame([{**r, "label": r["path"] + (f" q={r['share']:g}" if r.get("share") else "")}
+                         for c in pb["cases"] for r in c["rows"] if r["n_images"] == c["n_images"]])
     cases = list(dict.fromkeys(full["case"]))
-    paths = list(dict.fromkeys(full["path"]))
+    paths = list(dict.fromkeys(full["label"]))
     width = 0.8 / len(paths)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, p in enumerate(paths):
         for j, c in enumerate(cases):
-            row = full[(full.case == c) & (full.path == p)]
+            row = full[(full.case == c) & (full.label == p)]
             if len(row):
                 est = bool(row["estimated"].iloc[0])
                 ax.bar(j + i * width, row["fit_s"].iloc[0], width, color=f"C{i}", hatch="//" if est else None,
@@ -242,17 +244,20 @@ if not fits.empty:
     plt.show()
 
 # %% tags=["remove-cell"]
-speedups = {c["case"]: c["speedup_full_size"].get("topk-data") for c in pb["cases"]} if pb else {}
+pca_share = pb["shares"][0] if pb else None  # the bottom share quoted: the first one benchmarked
+speedups = {c["case"]: c["speedup_full_size"].get(f"topk-data q={pca_share:g}") for c in pb["cases"]} if pb else {}
 rel = [a["rel_diff"] for c in pb["cases"] for a in c["accuracy"]] if pb else []
 glue("pca_device", pb["provenance"]["device_name"] if pb else NA)
+glue("pca_share", fmt(pca_share, "g"))
 glue("pca_speedup_cifar", fmt(speedups.get("cifar"), ".1f"))
 glue("pca_speedup_stl_train", fmt(speedups.get("stl-train"), ".1f"))
 glue("pca_speedup_stl_unlabeled", fmt(speedups.get("stl-unlabeled"), ".0f"))
 glue("pca_max_rel_diff", fmt(max(rel) if rel else None, ".1e"))
 
 # %% [markdown]
-# On {glue:text}`pca_device`, fitting only the top components is
-# {glue:text}`pca_speedup_cifar` times faster than the exact fit at CIFAR-10 size,
+# On {glue:text}`pca_device`, fitting only the top components that the bottom
+# {glue:text}`pca_share` filter removes is {glue:text}`pca_speedup_cifar` times faster than
+# the exact fit at CIFAR-10 size,
 # {glue:text}`pca_speedup_stl_train` times at STL-10 train size and about
 # {glue:text}`pca_speedup_stl_unlabeled` times at STL-10 train + unlabeled size (where the
 # exact fit is estimated: its covariance alone needs 6 GB). The bottom images the two

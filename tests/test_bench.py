@@ -182,7 +182,7 @@ def test_pca_bench_record(records):
     cases = {c["case"]: c for c in record["cases"]}
     assert set(cases) == {"cifar", "stl-train", "stl-unlabeled"}
     for c in cases.values():
-        assert c["speedup_full_size"]["topk-data"] > 0
+        assert c["speedup_full_size"]["topk-data q=0.25"] > 0
         full = [r for r in c["rows"] if r["n_images"] == c["n_images"]]
         assert {r["path"] for r in full} >= {"exact", "topk-data"}
     assert cases["stl-unlabeled"]["speedup_estimated"] and not cases["stl-unlabeled"]["accuracy"]
