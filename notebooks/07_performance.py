@@ -152,6 +152,8 @@ paper = tp.get("paper_estimate") if tp else None
 glue("paper_hours", fmt(paper["hours"] if paper else None, ".0f"))
 glue("paper_days", fmt(paper["days"] if paper else None, ".1f"))
 glue("paper_batch", str(paper["measured_batch"]) if paper else NA)
+glue("paper_epochs", str(paper["epochs"]) if paper else NA)
+glue("paper_images", f"{paper['images_per_epoch']:,}" if paper else NA)
 
 # %% [markdown]
 # On {glue:text}`tp_device` ({glue:text}`tp_date`), at batch {glue:text}`tp_batch`, the fast
@@ -159,9 +161,9 @@ glue("paper_batch", str(paper["measured_batch"]) if paper else NA)
 # baseline's {glue:text}`baseline_ips_vit_tiny_cifar`, a ratio of
 # {glue:text}`ratio_vit_tiny_cifar`; vit-tiny-stl {glue:text}`ratio_vit_tiny_stl` and
 # small-cifar {glue:text}`ratio_small_cifar`. At the fast path's vit-tiny-cifar throughput
-# (batch {glue:text}`paper_batch`), the `paper` recipe, 400 epochs of 50,000 CIFAR-10
-# images, would take about {glue:text}`paper_hours` hours ({glue:text}`paper_days` days)
-# on this device.
+# (batch {glue:text}`paper_batch`), the `paper` recipe, {glue:text}`paper_epochs` epochs of
+# {glue:text}`paper_images` CIFAR-10 images, would take about {glue:text}`paper_hours` hours
+# ({glue:text}`paper_days` days) on this device.
 
 # %% [markdown]
 # ### fp32 against bf16 autocast
@@ -253,13 +255,14 @@ glue("pca_speedup_cifar", fmt(speedups.get("cifar"), ".1f"))
 glue("pca_speedup_stl_train", fmt(speedups.get("stl-train"), ".1f"))
 glue("pca_speedup_stl_unlabeled", fmt(speedups.get("stl-unlabeled"), ".0f"))
 glue("pca_max_rel_diff", fmt(max(rel) if rel else None, ".1e"))
+cov_gb = [r["covariance_gb"] for c in (pb["cases"] if pb else []) for r in c["rows"] if "covariance_gb" in r]
+glue("pca_covariance_gb", fmt(cov_gb[0] if cov_gb else None, ".1f"))
 
 # %% [markdown]
 # On {glue:text}`pca_device`, fitting only the top components that the bottom
 # {glue:text}`pca_share` filter removes is {glue:text}`pca_speedup_cifar` times faster than
-# the exact fit at CIFAR-10 size,
-# {glue:text}`pca_speedup_stl_train` times at STL-10 train size and about
-# {glue:text}`pca_speedup_stl_unlabeled` times at STL-10 train + unlabeled size (where the
-# exact fit is estimated: its covariance alone needs 6 GB). The bottom images the two
-# bases give differ by at most {glue:text}`pca_max_rel_diff` (relative, over the checked
-# images).
+# the exact fit at CIFAR-10 size, {glue:text}`pca_speedup_stl_train` times at STL-10 train
+# size and about {glue:text}`pca_speedup_stl_unlabeled` times at STL-10 train + unlabeled
+# size (where the exact fit is estimated: its covariance alone takes
+# {glue:text}`pca_covariance_gb` GB). The bottom images the two bases give differ by at
+# most {glue:text}`pca_max_rel_diff` (relative, over the checked images).

@@ -31,6 +31,15 @@ def load_bench(name):
     return module
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny problems: one thread avoids OpenMP waits, which dominate on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def throughput():
     return load_bench("pretrain_throughput")
