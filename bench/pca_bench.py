@@ -7,12 +7,12 @@ of them. This benchmark times, on the sizes the project meets:
 
 * ``exact``: ``fit_pca`` as it is (covariance path: stream the (D, D) covariance, then
   ``torch.linalg.eigh``; Gram path: eigen-decompose the (N, N) Gram matrix);
-* ``topk-data``: the candidate solver below on the data as an operator, never forming a
-  matrix: subspace iteration with Rayleigh-Ritz, C q = Xc^T (Xc q) / (N - 1), one pass
-  over the images per iteration, float32 passes until the residual is small, float64
-  after;
+* ``topk-data``: ``fit_pca(..., solver="topk")`` (``lowvar_mae.pca.fit_topk``): block
+  Lanczos on the data as an operator, never forming a matrix, C q = Xc^T (Xc q) / (N - 1),
+  one pass over the images per block product, float32 passes until their rounding
+  floor, float64 after;
 * ``topk-cov`` (CIFAR size only): the package's streamed covariance, then the same
-  subspace iteration on it instead of the full ``eigh``.
+  solver on it instead of the full ``eigh``.
 
 Top-k fits run once per bottom share q (``--shares``), each computing only the
 components that share's complement filter removes. For each path it reports the fit
@@ -29,17 +29,12 @@ run on fewer images and their full-size times are extrapolated (``estimated: tru
     python bench/pca_bench.py --quick          # < 4 minutes on a 2-core CPU
     python bench/pca_bench.py                  # full sizes (about half an hour there)
     python bench/pca_bench.py --device cuda    # on a GPU
-
-The solver here (``fit_pca_topk``) is the proposal for ``fit_pca(..., solver="topk")``;
-it uses the package's helpers and returns a ``PCABasis`` that ``make_filter`` accepts.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import os
 import sys
 import time
@@ -47,7 +42,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,229 +62,6 @@ CASES: dict[str, dict] = {
     "stl-unlabeled": dict(label="STL-10 train+unlabeled", n=105_000, image_size=96,
                           exact_method="covariance", exact="estimate", quick_exact_n=None, topk_cov=False),
 }
-
-
-# ---------------------------------------------------------------- the candidate top-k solver
-
-
-def eigenvalue_vector(top: Tensor, total_variance: float, dim: int) -> Tensor:
-    """(D,) eigenvalues: the computed ``top`` ones, then the remaining variance spread
-    evenly over the other D - k, so the sum is the total variance and top-share counts up
-    to k are exact (the tail is no estimate of single eigenvalues; its mean is at most the
-    k-th eigenvalue, so the order stays decreasing for converged ``top``)."""
-    top = top.clamp_min(0)
-    k = len(top)
-    tail = max(total_variance - float(top.sum()), 0.0) / max(dim - k, 1)
-    return torch.cat([top, torch.full((dim - k,), tail, dtype=top.dtype, device=top.device)])
-
-
-class DataCovariance:
-    """The sample covariance of in-memory images as an operator that is never formed.
-
-    images: (N, C, H, W) uint8 or float in [0, 1]. ``self(q, fine)`` returns
-    C q = Xc^T (Xc q) / (N - 1) for q (D, m) float64, in one pass over the images,
-    computed in float32 (``fine=False``) or float64, accumulated in float64. The
-    centred images are cached per dtype when they fit in ``max_cache_bytes``.
-    """
-
-    def __init__(self, images: Tensor | np.ndarray, *, batch_size: int = 4096,
-                 device: torch.device | str | None = None, max_cache_bytes: int = 2 ** 31):
-        self.images = torch.as_tensor(images)
-        if self.images.ndim != 4 or len(self.images) < 2:
-            raise ValueError(f"need images (N >= 2, C, H, W), got shape {tuple(self.images.shape)}")
-        self.device = torch.device(device) if device is not None else self.images.device
-        self.n = len(self.images)
-        self.image_shape = tuple(int(s) for s in self.images.shape[1:])
-        self.dim = math.prod(self.image_shape)
-        self.batch_size, self.max_cache_bytes = batch_size, max_cache_bytes
-        # Mean and total variance (trace of C) in float64, sums taken around a shift.
-        shift = s1 = s2 = None
-        for x in self._unit_batches(torch.float64):
-            if shift is None:
-                shift = x.mean(0)
-                s1, s2 = torch.zeros_like(shift), torch.zeros_like(shift)
-            x = x - shift
-            s1 += x.sum(0)
-            s2 += (x * x).sum(0)
-        m1 = s1 / self.n
-        self.mean = shift + m1
-        self.total_variance = float(((s2 - self.n * m1 * m1) / (self.n - 1)).sum())
-        self._cache: dict[torch.dtype, Tensor] = {}
-
-    def _unit_batches(self, dtype: torch.dtype):
-        for start in range(0, self.n, self.batch_size):
-            batch = self.images[start:start + self.batch_size].to(self.device)
-            yield pca.as_unit_float(batch, dtype).flatten(1)
-
-    def _centred_batches(self, dtype: torch.dtype):
-        if dtype in self._cache:
-            yield from self._cache[dtype].split(self.batch_size)
-            return
-        mean = self.mean.to(dtype)
-        if self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes:
-            self._cache.clear()
-            self._cache[dtype] = torch.cat([x - mean for x in self._unit_batches(dtype)])
-            yield from self._cache[dtype].split(self.batch_size)
-            return
-        for x in self._unit_batches(dtype):
-            yield x - mean
-
-    def __call__(self, q: Tensor, fine: bool = True) -> Tensor:
-        dtype = torch.float64 if fine else torch.float32
-        qd = q.to(dtype)
-        out = torch.zeros(self.dim, q.shape[1], dtype=torch.float64, device=q.device)
-        for xc in self._centred_batches(dtype):
-            out += (xc.T @ (xc @ qd)).to(torch.float64)
-        return out / (self.n - 1)
-
-
-def topk_eigh(apply_cov: Callable[[Tensor, bool], Tensor], dim: int, total_variance: float, *,
-              n_components: int | None = None, top_share: float | None = None, max_rank: int | None = None,
-              block: int = 32, depth: int = 4, oversample: int = 16, tol: float = 5e-5, coarse_tol: float = 1e-2,
-              max_cycles: int = 100, seed: int = 0, device: torch.device | str = "cpu",
-              ) -> tuple[Tensor, Tensor, dict]:
-    """Leading eigenpairs of a symmetric positive semi-definite operator C.
-
-    Restarted block Lanczos with full reorthogonalisation (Golub & Underwood 1977;
-    thick restart as in Wu & Simon 2000; the randomized block Krylov method of Musco &
-    Musco 2015). A cycle builds the Krylov basis V = [X, C X, ..., C^(depth-1) X]
-    (orthonormalised, ``block`` columns per step), keeps W = C V from the same operator
-    calls, takes the Rayleigh-Ritz pairs of V^T W and restarts from the top ``block`` Ritz
-    vectors, whose C-product it already has: ``depth - 1`` calls of ``apply_cov`` per
-    cycle. ``apply_cov(q, fine)`` returns C q for q (D, m) float64 orthonormal;
-    ``fine=False`` may compute in lower precision, used until the residual is below
-    ``coarse_tol`` and stops falling (the rounding floor). Give ``n_components`` = k or
-    ``top_share``: k is then the package's count for that share (``pca.n_components``)
-    from the Ritz values and ``total_variance``; the block doubles until it holds
-    k + ``oversample`` columns. Converged when every wanted Ritz pair has
-    ||C v - theta v|| <= ``tol`` times the gap theta_k - theta_(k+1): by Davis-Kahan, the
-    angle to the true top-k subspace (what the complement filter depends on) is then at
-    most ``tol``, so a filtered image moves by at most ``tol`` times its distance to the
-    mean image (5e-5 keeps filtered images within 1e-4 of the exact ones). Raises RuntimeError after ``max_cycles`` (a share boundary between two
-    nearly equal eigenvalues has no well-defined top-k subspace). Small problems
-    (D <= 2 * block * depth) are solved by a dense ``eigh``.
-
-    Returns eigenvalues (k,) float64 decreasing, eigenvectors (D, k) float64, info.
-    """
-    if (n_components is None) == (top_share is None):
-        raise ValueError("give exactly one of n_components and top_share")
-    cap = min(dim, max_rank or dim)
-    if n_components is not None and not 0 < n_components <= cap:
-        raise ValueError(f"n_components must be in 1..{cap}, got {n_components}")
-
-    def count(theta: Tensor) -> int:
-        """k for the share from the leading Ritz values (the rest of the variance spread evenly)."""
-        if n_components is not None:
-            return n_components
-        return pca.n_components(eigenvalue_vector(theta, total_variance, dim), top_share, "top")
-
-    if dim <= 2 * block * depth:  # small: form C and decompose it
-        full = apply_cov(torch.eye(dim, dtype=torch.float64, device=device), True)
-        theta, u = torch.linalg.eigh((full + full.T) / 2)
-        theta, u = theta.flip(0).clamp_min(0), u.flip(1)
-        k = count(theta)
-        return theta[:k].clone(), u[:, :k], {"cycles": 0, "block": dim, "k": k, "relative_residual": 0.0,
-                                             "operator_calls": 1, "column_passes": dim, "float64_passes": True}
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def random_block(m: int) -> Tensor:
-        return torch.randn(dim, m, generator=gen, device=device, dtype=torch.float64)
-
-    def orthonormal_to(basis: Tensor, y: Tensor) -> Tensor:
-        """Columns spanning y's part orthogonal to ``basis``: Gram-Schmidt twice, QR, once more."""
-        for _ in range(2):
-            y = y - basis @ (basis.T @ y)
-        y = torch.linalg.qr(y)[0]
-        return y - basis @ (basis.T @ y)
-
-    b = min(cap // 2, max(block, (n_components or 0) + oversample))
-    if b < 1:
-        raise ValueError(f"rank {cap} is too small for the top-k solver; use the exact solver")
-    x = torch.linalg.qr(random_block(b))[0]
-    cx = None  # C x when already known (after a restart)
-    fine, previous_sum, previous_resid, calls, columns = False, None, None, 0, 0
-    for cycle in range(1, max_cycles + 1):
-        steps = max(2, min(depth, cap // b))
-        vs, ws = [x], []
-        for j in range(steps):
-            if j == 0 and cx is not None:
-                w = cx
-            else:
-                w = apply_cov(vs[j], fine)
-                calls, columns = calls + 1, columns + w.shape[1]
-            ws.append(w)
-            if j < steps - 1:
-                vs.append(orthonormal_to(torch.cat(vs, dim=1), w))
-        v, w = torch.cat(vs, dim=1), torch.cat(ws, dim=1)
-        small = v.T @ w
-        theta, u = torch.linalg.eigh((small + small.T) / 2)
-        theta, u = theta.flip(0), u.flip(1)
-        k = count(theta[:b])
-        kk = min(k, b)
-        resid = torch.linalg.vector_norm(w @ u[:, :kk] - (v @ u[:, :kk]) * theta[:kk], dim=0)
-        gap = theta[kk - 1] - theta[kk]
-        rel_resid = float(resid.max() / gap.clamp_min(torch.finfo(torch.float64).tiny))
-        settled = previous_sum is not None and abs(float(theta[:b].sum()) - previous_sum) <= 1e-2 * float(theta[:b].sum())
-        previous_sum = float(theta[:b].sum())
-        if k + oversample > b and 2 * b <= cap and settled:
-            grown = min(cap // 2, 2 * b)  # keep the current Ritz vectors, add random columns
-            x = orthonormal_to(v @ u[:, :b], random_block(grown - b))
-            x = torch.cat([v @ u[:, :b], x], dim=1)
-            b, cx, previous_sum, previous_resid = grown, None, None, None
-            continue
-        if k <= b and rel_resid <= tol:
-            break
-        switch = (not fine and k <= b and rel_resid <= coarse_tol and previous_resid is not None
-                  and rel_resid > 0.9 * previous_resid)  # the low-precision floor: go on in float64
-        fine, previous_resid = fine or switch, rel_resid
-        x = v @ u[:, :b]
-        cx = None if switch else w @ u[:, :b]  # C x of the restart block, known from this cycle
-    else:
-        raise RuntimeError(
-            f"top-k eigensolver did not converge in {max_cycles} cycles (k={k}, block {b}, "
-            f"relative residual {rel_resid:.2e} > {tol:.0e}); use the exact solver")
-    info = {"cycles": cycle, "block": b, "k": k, "relative_residual": rel_resid, "operator_calls": calls,
-            "column_passes": columns, "float64_passes": fine}
-    return theta[:k].clone(), v @ u[:, :k], info
-
-
-def fit_pca_topk(images: Tensor | np.ndarray, *, top_share: float | None = None, n_components: int | None = None,
-                 operator: str = "data", batch_size: int = 4096, device: torch.device | str | None = None,
-                 seed: int = 0, tol: float = 5e-5, block: int = 32, depth: int = 4, dataset: str = "",
-                 split: str = "train") -> tuple[pca.PCABasis, dict]:
-    """Fit only the top components: those carrying ``top_share`` of the variance, or ``n_components``.
-
-    operator "data": the images as a covariance operator (:class:`DataCovariance`, no
-    D x D or N x N matrix); "covariance": the package's streamed covariance, then the
-    same top-k iteration on it. The basis stores k components; its eigenvalues are the
-    k computed ones and the rest of the total variance spread evenly (method
-    "topk-data" / "topk-covariance"), so complement bottom filters and top filters up
-    to that share work, strict bottom filters raise.
-    """
-    images = torch.as_tensor(images)
-    device = torch.device(device) if device is not None else images.device
-    if operator == "data":
-        op = DataCovariance(images, batch_size=batch_size, device=device)
-        mean, total, apply_cov, image_shape, n = op.mean, op.total_variance, op, op.image_shape, op.n
-    elif operator == "covariance":
-        acc = pca.CovarianceAccumulator(device)
-        for start in range(0, len(images), batch_size):
-            acc.update(images[start:start + batch_size])
-        mean, cov = acc.mean_and_covariance()
-        total, image_shape, n = float(torch.diagonal(cov).sum()), acc.image_shape, acc.n
-
-        def apply_cov(q: Tensor, fine: bool = True) -> Tensor:
-            return cov @ q
-    else:
-        raise ValueError(f"operator must be 'data' or 'covariance', got {operator!r}")
-    dim = mean.numel()
-    top, vectors, info = topk_eigh(apply_cov, dim, total, n_components=n_components, top_share=top_share,
-                                   max_rank=n - 1, seed=seed, tol=tol, block=block, depth=depth,
-                                   device=device)
-    basis = pca.PCABasis(mean=mean, eigenvalues=eigenvalue_vector(top, total, dim),
-                         components=pca._fix_signs(vectors), image_shape=tuple(int(s) for s in image_shape),
-                         n_samples=n, method=f"topk-{operator}", dataset=dataset, split=split)
-    return basis, info
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -405,7 +176,7 @@ def run_case(name: str, case: dict, *, quick: bool, shares: list[float], device:
         bases = {"exact": exact}
         for share in shares:  # one top-k fit per bottom share: only its components
             for path, operator in candidates:
-                (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=1 - share, operator=operator), device)
+                (basis, info), t = timed(lambda: pca.fit_topk(x, top_share=1 - share, operator=operator), device)
                 bases[f"{path} q={share:g}"] = basis
                 row(path, n_exact, t, share=share, **info)
                 d = filter_difference(x[:n_check], exact, basis, share)
@@ -425,7 +196,7 @@ def run_case(name: str, case: dict, *, quick: bool, shares: list[float], device:
         if topk_full_measured:
             x = images.to(device)
             for share in shares:
-                (basis, info), t = timed(lambda: fit_pca_topk(x, top_share=1 - share, operator="data"), device)
+                (basis, info), t = timed(lambda: pca.fit_topk(x, top_share=1 - share, operator="data"), device)
                 row("topk-data", n_full, t, share=share, **info)
                 if "filter" not in result and share == min(shares):
                     nf = min(n_filter, n_full)

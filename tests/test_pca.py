@@ -256,3 +256,95 @@ def test_eigenimages_and_cumulative_share():
     assert torch.all(torch.diff(top) >= -1e-15) and abs(float(top[-1]) - 1) < 1e-12
     torch.testing.assert_close(bottom[:-1], 1 - top.flip(0)[1:], atol=1e-12, rtol=0)
     assert pca.SHARE_CONVENTION in str(basis.metadata())
+
+
+# ---------------------------------------------------------------- the top-k solver
+
+
+def decaying_images(n, shape, seed=0, modes=24):
+    """Images whose spectrum decays geometrically (0.8 per mode) above weak noise, float64 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    d = int(np.prod(shape))
+    basis = rng.normal(size=(modes, d))
+    coeffs = rng.normal(size=(n, modes)) * (0.8 ** np.arange(modes))
+    x = 0.5 + 0.03 * coeffs @ basis + 0.003 * rng.normal(size=(n, d))
+    return torch.from_numpy(np.clip(x, 0, 1).reshape(n, *shape))
+
+
+def numpy_bottom(x, q):
+    """Reference complement filter with numpy: x - (x - mu) V V^T, V the top components for 1 - q."""
+    mu, evals, evecs = numpy_pca(x)
+    k = n_components(torch.from_numpy(evals.copy()), 1 - q, "top")
+    flat = x.reshape(len(x), -1)
+    v = evecs[:, :k]
+    return flat - (flat - mu) @ v @ v.T, k, evals
+
+
+@pytest.mark.parametrize("operator", ["data", "covariance"])
+@pytest.mark.parametrize("q", [0.25, 0.1])
+def test_topk_fit_matches_numpy_on_the_dense_path(operator, q):
+    x = decaying_images(500, (3, 8, 8))  # D = 192 <= 2 * block * depth: solved densely
+    ref, k, evals = numpy_bottom(x.numpy(), q)
+    basis, info = pca.fit_topk(x, top_share=1 - q, operator=operator)
+    assert info["k"] == basis.n_stored == k
+    np.testing.assert_allclose(basis.eigenvalues[:k].numpy(), evals[:k], rtol=1e-8)
+    assert float(basis.eigenvalues.sum()) == pytest.approx(evals.sum(), rel=1e-10)
+    out = project(x, basis, "bottom", q).reshape(len(x), -1).numpy()
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-8
+
+
+@pytest.mark.parametrize("q", [0.25, 0.1])
+def test_topk_fit_iterates_to_the_exact_filter(q):
+    x = decaying_images(400, (3, 16, 16), seed=1)  # D = 768: block Lanczos, float32 then float64 passes
+    ref, k, evals = numpy_bottom(x.numpy(), q)
+    basis = fit_pca(x, solver="topk", top_share=1 - q, batch_size=128)
+    assert basis.method == "topk-data" and basis.n_stored == k
+    np.testing.assert_allclose(basis.eigenvalues[:k].numpy(), evals[:k], rtol=1e-6)
+    out = project(x, basis, "bottom", q).reshape(len(x), -1).numpy()
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
+    # The stored spectrum keeps the share convention: top(1 - q) + bottom(q) == D.
+    assert basis.n_components(1 - q, "top") + basis.n_components(q, "bottom") == basis.dim
+    assert basis.n_components(1 - q, "top") == k
+
+
+def test_topk_fit_on_uint8_with_a_fixed_count_and_its_info():
+    x = (decaying_images(300, (3, 16, 16), seed=2) * 255).round().to(torch.uint8)
+    basis, info = pca.fit_topk(x, n_components=5, block=8, depth=3)
+    _, evals, evecs = numpy_pca(x.numpy().astype(np.float64) / 255)
+    assert basis.n_stored == 5 and info["k"] == 5 and info["cycles"] >= 1
+    assert info["relative_residual"] <= 5e-5
+    np.testing.assert_allclose(basis.eigenvalues[:5].numpy(), evals[:5], rtol=1e-6)
+    assert_same_subspace(basis.components.numpy(), evecs[:, :5], atol=1e-6)
+
+
+def test_topk_basis_round_trips_and_refuses_what_it_cannot_do(tmp_path):
+    x = decaying_images(300, (3, 8, 8))
+    basis = fit_pca(x, solver="topk", top_share=0.75)
+    back = load_basis(save_basis(basis, tmp_path / "b.safetensors"))
+    assert back.method == "topk-data" and back.n_stored == basis.n_stored
+    torch.testing.assert_close(project(x, back, "bottom", 0.25), project(x, basis, "bottom", 0.25), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="strict bottom"):
+        make_filter(basis, "bottom", 0.25, method="strict")
+    with pytest.raises(ValueError, match="needs the first .* but the basis stores"):
+        make_filter(basis, "bottom", 0.05)  # more top components than were fitted
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(solver="topk"), "exactly one of top_share and n_components"),
+    (dict(solver="topk", top_share=0.9, n_components=3), "exactly one of top_share and n_components"),
+    (dict(solver="topk", top_share=1.5), "strictly between 0 and 1"),
+    (dict(solver="topk", top_share=0.9, method="gram"), "applies to the exact solver"),
+    (dict(top_share=0.9), "applies to solver='topk'"),
+    (dict(solver="lanczos"), "solver must be one of"),
+])
+def test_topk_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_pca(decaying_images(50, (3, 4, 4)), **kwargs)
+
+
+def test_topk_refuses_streamed_batches_and_unknown_operators():
+    x = decaying_images(50, (3, 4, 4))
+    with pytest.raises(ValueError, match="pass a tensor"):
+        fit_pca(iter(torch.split(x, 10)), solver="topk", top_share=0.9)
+    with pytest.raises(ValueError, match="operator must be one of"):
+        pca.fit_topk(x, top_share=0.9, operator="gram")
