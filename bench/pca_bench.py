@@ -39,7 +39,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -47,7 +46,8 @@ from torch import Tensor
 
 from lowvar_mae import pca
 from lowvar_mae.data import DatasetNotFoundError, load_dataset, make_synthetic
-from lowvar_mae.provenance import atomic_write_json, provenance, results_dir
+from lowvar_mae.provenance import atomic_write_json, provenance
+from lowvar_mae.results import bench_record_path
 
 KIND = "pca_bench"
 SCHEMA = 1
@@ -268,11 +268,6 @@ def print_table(results: list[dict]) -> None:
                   + ", ".join(f"{p} {s:.2f} s" for p, s in f["seconds"].items()))
 
 
-def default_out(device: torch.device) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return results_dir() / "bench" / f"{KIND}-{device.type}-{stamp}.json"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="exact fits on fewer images, extrapolated (< 4 min on 2 cores)")
@@ -309,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"kind": KIND, "schema": SCHEMA, "quick": args.quick, "shares": shares,
               "cases": results, "wall_seconds": time.perf_counter() - wall,
               "provenance": {**provenance(str(device)), "load_average": list(os.getloadavg())}}
-    out = Path(args.out) if args.out else default_out(device)
+    out = Path(args.out) if args.out else bench_record_path(KIND, str(device))
     atomic_write_json(out, record)
     print(f"wrote {out} ({record['wall_seconds']:.0f} s)")
     return record

@@ -5,11 +5,12 @@ from the same PCA basis) and are timed side by side, their steps interleaved:
 
 * ``baseline`` (``bench/baseline.py``): DataLoader over PIL images with torchvision
   transforms, the PCA target projected per sample with numpy in ``__getitem__``, fp32,
-  eager, plain AdamW (``foreach=False``), ``loss.item()`` every step;
+  eager, attention written out (the attention matrix materialised), plain AdamW
+  (``foreach=False``), ``loss.item()`` every step;
 * ``fast``: the package's pieces composed as ``lowvar_mae.pretrain`` does: uint8 images
   on the device in ``DeviceData`` (pinned CPU memory if they do not fit), batched
   ``augment`` -> ``targets.make_target`` (the basis on the device, float32 outside
-  autocast) -> model, under ``train.autocast`` with ``resolve_precision``
+  autocast) -> model (attention through ``scaled_dot_product_attention``), under ``train.autocast`` with ``resolve_precision``
   ("auto": bf16 on CUDA, fp32 on CPUs without native bf16), ``torch.compile`` on CUDA,
   ``train.build_optimizer`` (fused AdamW on CUDA);
 * ``fast-loop`` (some presets): ``train.run_epoch`` itself on the same data, as a check
@@ -36,14 +37,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
-import math
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +54,8 @@ from lowvar_mae import pca
 from lowvar_mae.data import load_dataset, make_synthetic
 from lowvar_mae.models import build_mae, get_config
 from lowvar_mae.pretrain import RECIPES
-from lowvar_mae.provenance import atomic_write_json, provenance, results_dir
+from lowvar_mae.provenance import atomic_write_json, provenance
+from lowvar_mae.results import bench_record_path
 from lowvar_mae.targets import make_target, parse_target
 from lowvar_mae.train import (DeviceData, LoopConfig, augment, autocast, build_optimizer, cpu_has_fast_bf16,
                               fits_on, normalize, resolve_precision, run_epoch, scaled_lr)
@@ -194,7 +193,7 @@ class BaselinePath:
 
     def __init__(self, model: nn.Module, images_nhwc: np.ndarray, basis: pca.PCABasis, batch_size: int,
                  device: torch.device, workers: int, seed: int = 0):
-        self.model = model.to(device)
+        self.model = baseline.written_out_attention(model.to(device))
         self.device = device
         dataset = baseline.PILPCADataset(images_nhwc, basis, parse_target(TARGET).share)
         self.loader = baseline.make_loader(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda",
@@ -482,11 +481,6 @@ def print_table(record: dict) -> None:
                       f"{op['calls_per_step']:6.0f} calls")
 
 
-def default_out(device: torch.device) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return results_dir() / "bench" / f"{KIND}-{device.type}-{stamp}.json"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 64 only, fewer repeats (CI; < 4 min on a quiet 2-core CPU)")
@@ -585,7 +579,7 @@ def main(argv: list[str] | None = None) -> dict:
         "provenance": {**provenance(str(device)), "load_average": list(os.getloadavg())},
     }
     print_table(record)
-    out = Path(args.out) if args.out else default_out(device)
+    out = Path(args.out) if args.out else bench_record_path(KIND, str(device))
     atomic_write_json(out, record)
     print(f"\nwrote {out} ({record['wall_seconds']:.0f} s)")
     return record

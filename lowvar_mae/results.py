@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .provenance import atomic_write_json, provenance, repo_root, results_dir
@@ -26,6 +27,12 @@ def write_record(kind: str, fields: dict, *, device: str | None = None,
     keys = [str(fields[k]) for k in ("dataset", "target", "recipe", "metric", "seed") if k in fields]
     stem = "-".join(keys + [hashlib.sha1(text.encode()).hexdigest()[:10]]).replace(":", "").replace("/", "_")
     return atomic_write_json(results_dir(root) / kind / f"{stem}.json", record)
+
+
+def bench_record_path(kind: str, device: str, root: str | os.PathLike | None = None) -> Path:
+    """Where a benchmark writes its record: ``<root>/bench/<kind>-<device type>-<UTC time>.json``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return results_dir(root) / "bench" / f"{kind}-{device.split(':')[0]}-{stamp}.json"
 
 
 def record_dirs(root: str | os.PathLike | None = None) -> list[Path]:

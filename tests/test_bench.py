@@ -4,6 +4,7 @@ bench/ is not a package; its scripts are loaded by path. Everything here runs on
 micro preset and tiny images so the file takes seconds.
 """
 
+import copy
 import importlib.util
 import json
 import sys
@@ -92,9 +93,14 @@ def test_baseline_and_fast_path_compute_the_same_target_and_loss(throughput, mic
 
     torch.manual_seed(0)
     model = build_mae("micro")
+    written_out = baseline.written_out_attention(copy.deepcopy(model))
+    assert [m.fused_attn for m in written_out.modules() if hasattr(m, "fused_attn")] == [False] * 3
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
     fast = throughput.fast_loss(model, x_u8, target_fn, torch.Generator().manual_seed(7))
-    slow = baseline.compute_loss(model, imgs, target, generator=torch.Generator().manual_seed(7))
+    slow = baseline.compute_loss(written_out, imgs, target, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="no timm Attention"):
+        baseline.written_out_attention(torch.nn.Linear(2, 2))
 
 
 def test_flop_count_includes_cpu_attention(throughput):
@@ -192,3 +198,12 @@ def test_performance_notebook_executes_on_records(records, tmp_path):
     assert "no benchmark results yet" not in outputs and "Traceback" not in outputs
     assert outputs.count("image/png") == 2  # img/s by path and preset; PCA fit times
     assert "pretrain_throughput-cpu-test.json" in outputs and "pca_bench-cpu-test.json" in outputs
+
+
+def test_bench_records_are_named_by_kind_device_type_and_utc_time(tmp_path):
+    from lowvar_mae.results import bench_record_path
+
+    path = bench_record_path("pca_bench", "cuda:1", root=tmp_path)
+    assert path.parent == tmp_path / "bench"
+    kind, device, stamp = path.stem.rsplit("-", 2)
+    assert (kind, device, len(stamp), stamp[8], stamp[-1]) == ("pca_bench", "cuda", 16, "T", "Z")
