@@ -12,7 +12,7 @@ from the same PCA basis) and are timed side by side, their steps interleaved:
   ``augment`` -> ``targets.make_target`` (the basis on the device, float32 outside
   autocast) -> model (attention through ``scaled_dot_product_attention``), under ``train.autocast`` with ``resolve_precision``
   ("auto": bf16 on CUDA, fp32 on CPUs without native bf16), ``torch.compile`` on CUDA,
-  ``train.build_optimizer`` (fused AdamW on CUDA);
+  ``train.build_optimizer`` (fused AdamW on CPU and CUDA);
 * ``fast-loop`` (some presets): ``train.run_epoch`` itself on the same data, as a check
   that the step above is what the real loop does.
 

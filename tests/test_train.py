@@ -1,5 +1,6 @@
 """Targets, the training loop, run folders, checkpoints and resume."""
 
+import copy
 import json
 import os
 import math
@@ -307,3 +308,25 @@ def test_device_data_order_is_seeded_and_covers_each_item_once():
         assert torch.equal(x[:, 0, 0, 0].long(), y)  # images and labels stay paired
     with pytest.raises(ValueError, match="no full batch"):
         DeviceData(images[:3], torch.arange(3), batch_size=5)
+
+
+def test_fused_adamw_on_cpu_takes_the_steps_of_the_reference_implementation():
+    torch.manual_seed(0)
+    # No qkv bias: the key bias gets a gradient of pure rounding noise (softmax ignores
+    # it), which Adam's normalisation turns into full steps of either sign.
+    model = build_mae("micro", qkv_bias=False)
+    reference, start = copy.deepcopy(model), copy.deepcopy(model)
+    fused = build_optimizer(model, lr=1e-2, weight_decay=0.05, betas=(0.9, 0.95), device="cpu")
+    assert all(g["fused"] for g in fused.param_groups)
+    groups = param_groups(reference, 0.05)
+    plain = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    for step in range(3):
+        for m, opt in ((model, fused), (reference, plain)):
+            m(x, generator=torch.Generator().manual_seed(step))[0].backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    moved = [float((a - b).abs().max().detach()) for a, b in zip(model.parameters(), start.parameters())]
+    assert min(moved) > 1e-4  # every parameter took steps (lr 1e-2)
