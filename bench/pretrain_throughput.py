@@ -256,10 +256,14 @@ def known_peak(device_name: str) -> float | None:
     return None
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
-    """Best FLOP/s of an n x n matmul on the device (a practical peak, not the datasheet's)."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 10) -> float:
+    """Best FLOP/s of an n x n matmul on the device (a practical peak, not the datasheet's).
+
+    Best of ``repeats``: on a shared or frequency-scaling CPU single runs vary by 1.5x,
+    and a low "peak" would make utilisation look better than it is.
+    """
     if n is None:
-        n = 8192 if device.type == "cuda" else 1024
+        n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -273,8 +277,9 @@ def peaks(device: torch.device, precisions: set[str]) -> dict[str, dict]:
     for p in sorted(precisions):
         dtype = torch.bfloat16 if p == "bf16" else torch.float32
         slow = device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_fast_bf16()
-        repeats = 2 if slow else 5  # emulated bf16: about a second per 1024 matmul
-        measured = matmul_peak(device, dtype, repeats=repeats)
+        # emulated bf16: about a second per 1024 x 1024 matmul, so fewer and smaller
+        n, repeats = (1024, 2) if slow else (None, 10)
+        measured = matmul_peak(device, dtype, n=n, repeats=repeats)
         entry = {"measured_flops": measured, "flops": measured,
                  "source": f"matmul microbenchmark (best of {repeats})"}
         table = known_peak(name) if p == "bf16" else None
