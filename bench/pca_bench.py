@@ -35,19 +35,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from lowvar_mae import pca
 from lowvar_mae.data import DatasetNotFoundError, load_dataset, make_synthetic
-from lowvar_mae.provenance import atomic_write_json, provenance
-from lowvar_mae.results import bench_record_path
+from lowvar_mae.results import write_bench_record
 
 KIND = "pca_bench"
 SCHEMA = 1
@@ -302,10 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
                for name, case in cases.items()]
     print_table(results)
     record = {"kind": KIND, "schema": SCHEMA, "quick": args.quick, "shares": shares,
-              "cases": results, "wall_seconds": time.perf_counter() - wall,
-              "provenance": {**provenance(str(device)), "load_average": list(os.getloadavg())}}
-    out = Path(args.out) if args.out else bench_record_path(KIND, str(device))
-    atomic_write_json(out, record)
+              "cases": results, "wall_seconds": time.perf_counter() - wall}
+    out = write_bench_record(KIND, record, str(device), args.out)
     print(f"wrote {out} ({record['wall_seconds']:.0f} s)")
     return record
 

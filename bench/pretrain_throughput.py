@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import os
 import statistics
 import sys
 import time
@@ -54,8 +53,7 @@ from lowvar_mae import pca
 from lowvar_mae.data import load_dataset, make_synthetic
 from lowvar_mae.models import build_mae, get_config
 from lowvar_mae.pretrain import RECIPES
-from lowvar_mae.provenance import atomic_write_json, provenance
-from lowvar_mae.results import bench_record_path
+from lowvar_mae.results import write_bench_record
 from lowvar_mae.targets import make_target, parse_target
 from lowvar_mae.train import (DeviceData, LoopConfig, augment, autocast, build_optimizer, cpu_has_fast_bf16,
                               fits_on, normalize, resolve_precision, run_epoch, scaled_lr)
@@ -581,11 +579,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "fast_precision": resolve_precision(device, "auto"), "threads": torch.get_num_threads()},
         "rows": rows, "peak": peak, "precision_comparison": comparison, "profile": prof,
         "paper_estimate": paper_estimate(rows), "wall_seconds": time.perf_counter() - wall,
-        "provenance": {**provenance(str(device)), "load_average": list(os.getloadavg())},
     }
     print_table(record)
-    out = Path(args.out) if args.out else bench_record_path(KIND, str(device))
-    atomic_write_json(out, record)
+    out = write_bench_record(KIND, record, str(device), args.out)
     print(f"\nwrote {out} ({record['wall_seconds']:.0f} s)")
     return record
 

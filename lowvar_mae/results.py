@@ -35,6 +35,13 @@ def bench_record_path(kind: str, device: str, root: str | os.PathLike | None = N
     return results_dir(root) / "bench" / f"{kind}-{device.split(':')[0]}-{stamp}.json"
 
 
+def write_bench_record(kind: str, record: dict, device: str, out: str | os.PathLike | None = None) -> Path:
+    """Add provenance (and the load average: timings depend on it) to a benchmark's
+    ``record`` and write it atomically to ``out`` or :func:`bench_record_path`."""
+    record["provenance"] = {**provenance(device), "load_average": list(os.getloadavg())}
+    return atomic_write_json(Path(out) if out else bench_record_path(kind, device), record)
+
+
 def record_dirs(root: str | os.PathLike | None = None) -> list[Path]:
     """Folders records are read from: ``root`` alone if given; else the committed
     ``<checkout>/results`` plus ``$LOWVAR_MAE_RESULTS`` when that points elsewhere
