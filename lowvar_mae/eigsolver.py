@@ -38,6 +38,9 @@ def spread_tail(top: Tensor, total_variance: float, dim: int) -> Tensor:
     return torch.cat([top, torch.full((dim - k,), tail, dtype=top.dtype, device=top.device)])
 
 
+EXACT_ROWS = 256  # 256 * 255^2 < 2^24: float32 sums of x^2 over this many uint8 images are exact
+
+
 class DataCovariance:
     """The sample covariance of in-memory images as an operator that is never formed.
 
@@ -45,6 +48,10 @@ class DataCovariance:
     C q = Xc^T (Xc q) / (N - 1) for q (D, m) float64, in one pass over the images,
     computed in float32 (``fine=False``) or float64, accumulated in float64. The
     centred images are cached per dtype when they fit in ``max_cache_bytes``.
+
+    The mean and the total variance of uint8 images come from exact sums of x and x^2
+    per pixel, in the same pass that fills the float32 cache; of float images, from
+    float64 sums taken around a shift.
     """
 
     def __init__(self, images: Tensor | np.ndarray, *, batch_size: int = 4096,
@@ -57,7 +64,39 @@ class DataCovariance:
         self.image_shape = tuple(int(s) for s in self.images.shape[1:])
         self.dim = math.prod(self.image_shape)
         self.batch_size, self.max_cache_bytes = batch_size, max_cache_bytes
-        # Mean and total variance (trace of C) in float64, sums taken around a shift.
+        self._cache: dict[torch.dtype, Tensor] = {}
+        if self.images.dtype == torch.uint8 and self.n < 2 ** 20:
+            self.mean, self.total_variance = self._uint8_moments()
+        else:
+            self.mean, self.total_variance = self._float_moments()
+
+    def _uint8_moments(self) -> tuple[Tensor, float]:
+        """Mean (D,) float64 in [0, 1] and trace of C from exact sums of x and x^2 per pixel.
+
+        The sums run in float32 over chunks of ``EXACT_ROWS`` images, where every partial
+        sum is an integer below 2^24 and so exact, and add up in float64 (exact below
+        2^53). Per pixel, N sum(x^2) - (sum x)^2 is then exact too: the only rounding is
+        the final sum over the D pixels. The float32 copy of the images made on the way is
+        centred in place and kept as the float32 cache when it fits.
+        """
+        keep = self.n * self.dim * 4 <= self.max_cache_bytes
+        cache = torch.empty(self.n, self.dim, dtype=torch.float32, device=self.device) if keep else None
+        s1 = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        s2 = torch.zeros_like(s1)
+        for start in range(0, self.n, self.batch_size):
+            batch = self.images[start:start + self.batch_size].to(self.device).flatten(1)
+            x = cache[start:start + len(batch)].copy_(batch) if keep else batch.to(torch.float32)
+            for chunk in x.split(EXACT_ROWS):
+                s1 += chunk.sum(0).double()
+                s2 += (chunk * chunk).sum(0).double()
+        mean = s1 / (self.n * 255.0)
+        total = float((self.n * s2 - s1 * s1).sum()) / (self.n * (self.n - 1)) / 255.0 ** 2
+        if keep:
+            self._cache[torch.float32] = cache.sub_(255.0 * mean.float()).mul_(1 / 255.0)
+        return mean, total
+
+    def _float_moments(self) -> tuple[Tensor, float]:
+        """Mean and trace of C in float64, sums taken around a shift (any input dtype)."""
         shift = s1 = s2 = None
         for x in self._unit_batches(torch.float64):
             if shift is None:
@@ -67,27 +106,36 @@ class DataCovariance:
             s1 += x.sum(0)
             s2 += (x * x).sum(0)
         m1 = s1 / self.n
-        self.mean = shift + m1
-        self.total_variance = float(((s2 - self.n * m1 * m1) / (self.n - 1)).sum())
-        self._cache: dict[torch.dtype, Tensor] = {}
+        return shift + m1, float(((s2 - self.n * m1 * m1) / (self.n - 1)).sum())
 
     def _unit_batches(self, dtype: torch.dtype):
         for start in range(0, self.n, self.batch_size):
             batch = self.images[start:start + self.batch_size].to(self.device)
             yield _unit_float(batch, dtype).flatten(1)
 
+    def _centred(self, start: int, out: Tensor) -> Tensor:
+        """Writes the centred images [start, start + len(out)) into ``out`` (B, D) and returns it."""
+        batch = self.images[start:start + len(out)].to(self.device).flatten(1)
+        if batch.dtype == torch.uint8:  # (x - 255 mu) / 255: one conversion, two in-place passes
+            return out.copy_(batch).sub_(255.0 * self.mean.to(out.dtype)).mul_(1 / 255.0)
+        return out.copy_(batch).sub_(self.mean.to(out.dtype))
+
     def _centred_batches(self, dtype: torch.dtype):
         if dtype in self._cache:
             yield from self._cache[dtype].split(self.batch_size)
             return
-        mean = self.mean.to(dtype)
+        starts = range(0, self.n, self.batch_size)
         if self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes:
             self._cache.clear()
-            self._cache[dtype] = torch.cat([x - mean for x in self._unit_batches(dtype)])
-            yield from self._cache[dtype].split(self.batch_size)
+            cache = torch.empty(self.n, self.dim, dtype=dtype, device=self.device)
+            for start in starts:
+                self._centred(start, cache[start:start + self.batch_size])
+            self._cache[dtype] = cache
+            yield from cache.split(self.batch_size)
             return
-        for x in self._unit_batches(dtype):
-            yield x - mean
+        for start in starts:
+            yield self._centred(start, torch.empty(min(self.batch_size, self.n - start), self.dim, dtype=dtype,
+                                                   device=self.device))
 
     def __call__(self, q: Tensor, fine: bool = True) -> Tensor:
         dtype = torch.float64 if fine else torch.float32

@@ -317,6 +317,27 @@ def test_topk_fit_on_uint8_with_a_fixed_count_and_its_info():
     assert_same_subspace(basis.components.numpy(), evecs[:, :5], atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["uint8", "float64"])
+@pytest.mark.parametrize("max_cache_bytes", [0, 2 ** 31])
+def test_data_covariance_operator_matches_numpy(kind, max_cache_bytes):
+    """Mean, total variance and C q against numpy, cached or streamed, in both pass precisions."""
+    from lowvar_mae.eigsolver import DataCovariance
+
+    x = (decaying_images(130, (3, 4, 4), seed=3) * 255).round().to(torch.uint8)
+    if kind == "float64":
+        x = x.double() / 255
+    flat = x.reshape(len(x), -1).numpy().astype(np.float64) / (255 if kind == "uint8" else 1)
+    mu = flat.mean(0)
+    cov = (flat - mu).T @ (flat - mu) / (len(flat) - 1)
+    op = DataCovariance(x, batch_size=48, max_cache_bytes=max_cache_bytes)  # batches of 48, 48, 34
+    np.testing.assert_allclose(op.mean.numpy(), mu, rtol=1e-14, atol=1e-15)
+    assert op.total_variance == pytest.approx(np.trace(cov), rel=1e-12)
+    q = torch.linalg.qr(torch.randn(48, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    np.testing.assert_allclose(op(q, True).numpy(), cov @ q.numpy(), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(op(q, False).numpy(), cov @ q.numpy(), rtol=1e-4, atol=1e-7)
+    assert bool(op._cache) == (max_cache_bytes > 0)
+
+
 def test_topk_basis_round_trips_and_refuses_what_it_cannot_do(tmp_path):
     x = decaying_images(300, (3, 8, 8))
     basis = fit_pca(x, solver="topk", top_share=0.75)
