@@ -10,7 +10,7 @@
   copied to the device every step;
 * fp32, eager; attention written out (``softmax(q k^T / sqrt(d)) v`` with the
   (N, heads, L, L) matrix materialised, as timm 0.3.2, which the MAE reference code
-  pins, computes it); the loss, ``backward`` and a plain ``AdamW`` (``foreach=False``,
+  pins, computes it: ``lowvar_mae.models.set_attention(model, "math")``); the loss, ``backward`` and a plain ``AdamW`` (``foreach=False``,
   not fused) over ``model.parameters()``; the loss read back with ``.item()`` every step.
 
 The model's weights and its loss are the package's MAE: only the data path, the
@@ -61,19 +61,6 @@ class PILPCADataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         img = Image.fromarray(self.images[index])
         return self.transform(img), self.pca_target(img)
-
-
-def written_out_attention(model: nn.Module) -> nn.Module:
-    """Switch every timm ``Attention`` of ``model`` from ``scaled_dot_product_attention`` to
-    the written-out form (same maths, the attention matrix materialised); returns ``model``."""
-    switched = 0
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = False
-            switched += 1
-    if not switched:
-        raise ValueError(f"{type(model).__name__} has no timm Attention modules to switch")
-    return model
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, pin_memory: bool = False,

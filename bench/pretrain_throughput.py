@@ -51,12 +51,13 @@ from torch.utils import flop_counter
 
 from lowvar_mae import pca
 from lowvar_mae.data import load_dataset, make_synthetic
-from lowvar_mae.models import build_mae, get_config
+from lowvar_mae.models import build_mae, get_config, set_attention
 from lowvar_mae.pretrain import RECIPES
 from lowvar_mae.results import write_bench_record
 from lowvar_mae.targets import make_target, parse_target
-from lowvar_mae.train import (DeviceData, LoopConfig, augment, autocast, build_optimizer, cpu_has_fast_bf16,
-                              fits_on, normalize, resolve_precision, run_epoch, scaled_lr)
+from lowvar_mae.train import (ATTENTIONS, DeviceData, LoopConfig, augment, autocast, build_optimizer,
+                              cpu_has_fast_bf16, fits_on, normalize, resolve_attention, resolve_precision,
+                              run_epoch, scaled_lr)
 
 
 def _load_sibling(name: str):
@@ -165,8 +166,9 @@ class FastPath:
     """The fast path's state for one preset and batch size."""
 
     def __init__(self, model: nn.Module, images_nchw: Tensor, basis: pca.PCABasis, batch_size: int,
-                 device: torch.device, precision: str, compile: bool, seed: int = 0):
-        self.model = model.to(device)
+                 device: torch.device, precision: str, compile: bool, seed: int = 0, attention: str = "auto"):
+        self.attention = resolve_attention(device, precision, attention)
+        self.model = set_attention(model, self.attention).to(device)
         cfg = model.config
         self.device, self.precision = device, precision
         if fits_on(device, images_nchw.numel()):  # as pretrain does: on the device, else pinned CPU memory
@@ -191,7 +193,7 @@ class BaselinePath:
 
     def __init__(self, model: nn.Module, images_nhwc: np.ndarray, basis: pca.PCABasis, batch_size: int,
                  device: torch.device, workers: int, seed: int = 0):
-        self.model = baseline.written_out_attention(model.to(device))
+        self.model = set_attention(model, "math").to(device)
         self.device = device
         dataset = baseline.PILPCADataset(images_nhwc, basis, parse_target(TARGET).share)
         self.loader = baseline.make_loader(dataset, batch_size, workers=workers, pin_memory=device.type == "cuda",
@@ -294,9 +296,9 @@ def summarize(times: list[float], batch: int) -> dict:
 
 
 def loop_images_per_s(model: nn.Module, images_nchw: Tensor, basis: pca.PCABasis, batch: int, steps: int,
-                      device: torch.device, precision: str) -> float:
+                      device: torch.device, precision: str, attention: str) -> float:
     """train.run_epoch itself: one warm-up epoch of ``steps`` steps, then one measured epoch."""
-    model = model.to(device)
+    model = set_attention(model, attention).to(device)
     images = images_nchw[:batch * steps]
     data = DeviceData(images.to(device) if fits_on(device, images.numel()) else images,
                       torch.zeros(len(images), dtype=torch.long), batch, device=device)
@@ -319,9 +321,10 @@ def loop_images_per_s(model: nn.Module, images_nchw: Tensor, basis: pca.PCABasis
 
 def measure_preset(preset: str, batch_sizes: list[int], *, device: torch.device, images: np.ndarray,
                    basis: pca.PCABasis, warmup: int, repeats: int, workers: int, compile: bool,
-                   loop_steps: int, log=print) -> list[dict]:
+                   loop_steps: int, attention: str = "auto", log=print) -> list[dict]:
     """Rows (baseline, fast[, fast-loop]) for one preset over the batch sizes."""
     precision = resolve_precision(device, "auto")
+    attention = resolve_attention(device, precision, attention)
     flops_image = model_flops_per_image(preset)
     nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     rows = []
@@ -329,16 +332,18 @@ def measure_preset(preset: str, batch_sizes: list[int], *, device: torch.device,
         torch.manual_seed(0)
         model = build_mae(preset)
         base = BaselinePath(copy.deepcopy(model), images, basis, batch, device, workers)
-        fast = FastPath(copy.deepcopy(model), nchw, basis, batch, device, precision, compile)
+        fast = FastPath(copy.deepcopy(model), nchw, basis, batch, device, precision, compile, attention=attention)
         times = interleaved({"baseline": base.step, "fast": fast.step}, device, warmup, repeats)
-        paths = {"baseline": ("fp32", False, base.last_loss), "fast": (precision, compile, float(fast.last_loss))}
+        paths = {"baseline": ("fp32", "math", False, base.last_loss),
+                 "fast": (precision, attention, compile, float(fast.last_loss))}
         if loop_steps:
-            ips = loop_images_per_s(copy.deepcopy(model), nchw, basis, batch, loop_steps, device, precision)
+            ips = loop_images_per_s(copy.deepcopy(model), nchw, basis, batch, loop_steps, device, precision, attention)
             times["fast-loop"] = [batch / ips]
-            paths["fast-loop"] = (precision, False, None)
-        for path, (prec, compiled, loss) in paths.items():
-            row = {"preset": preset, "batch": batch, "path": path, "precision": prec, "compiled": compiled,
-                   **summarize(times[path], batch), "flops_per_step": flops_image * batch, "loss": loss}
+            paths["fast-loop"] = (precision, attention, False, None)
+        for path, (prec, attn, compiled, loss) in paths.items():
+            row = {"preset": preset, "batch": batch, "path": path, "precision": prec, "attention": attn,
+                   "compiled": compiled, **summarize(times[path], batch), "flops_per_step": flops_image * batch,
+                   "loss": loss}
             rows.append(row)
             log(f"{preset:15s} batch {batch:4d} {path:9s} {row['img_per_s']:9.1f} img/s "
                 f"{row['ms_per_step']:9.1f} ms/step")
@@ -349,28 +354,41 @@ def measure_preset(preset: str, batch_sizes: list[int], *, device: torch.device,
 def precision_comparison(preset: str, batch: int, *, device: torch.device, images: np.ndarray,
                          basis: pca.PCABasis, fp32_repeats: int, bf16_repeats: int, bf16_warmup: int,
                          log=print) -> dict:
-    """The fast path's step in fp32 and under bf16 autocast, same model and data, interleaved."""
+    """The fast path's step in fp32 and under bf16 autocast, each with both attention kernels
+    (``sdpa``, ``math``): same model and data, steps interleaved.
+
+    Where bf16 is emulated (a CPU without native bf16: seconds per matmul), only the
+    kernel that ``resolve_attention`` picks for bf16 is timed.
+    """
     torch.manual_seed(0)
     model = build_mae(preset)
     nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    paths = {p: FastPath(copy.deepcopy(model), nchw, basis, batch, device, p, compile=False)
-             for p in ("fp32", "bf16")}
-    paths["fp32"].step()  # warm-up
-    for _ in range(bf16_warmup):
-        paths["bf16"].step()
-    times = {"fp32": [], "bf16": []}
-    for r in range(max(fp32_repeats, bf16_repeats)):
-        for p in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
-            if len(times[p]) < (fp32_repeats if p == "fp32" else bf16_repeats):
-                times[p].append(time_call(paths[p].step, device))
-    rows = [{"precision": p, **summarize(t, batch), "warmup": 1 if p == "fp32" else bf16_warmup}
-            for p, t in times.items()]
+    auto = {p: resolve_attention(device, p) for p in ("fp32", "bf16")}
+    variants = [(p, a) for p in ("fp32", "bf16") for a in ("sdpa", "math")]
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        variants = [(p, a) for p, a in variants if p == "fp32" or a == auto["bf16"]]
+    paths = {v: FastPath(copy.deepcopy(model), nchw, basis, batch, device, v[0], compile=False, attention=v[1])
+             for v in variants}
+    repeats = {v: fp32_repeats if v[0] == "fp32" else bf16_repeats for v in variants}
+    warmups = {v: 1 if v[0] == "fp32" else bf16_warmup for v in variants}
+    for v, path in paths.items():
+        for _ in range(warmups[v]):
+            path.step()
+    times = {v: [] for v in variants}
+    for r in range(max(repeats.values())):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            if len(times[v]) < repeats[v]:
+                times[v].append(time_call(paths[v].step, device))
+    rows = [{"precision": p, "attention": a, **summarize(times[(p, a)], batch), "warmup": warmups[(p, a)]}
+            for p, a in variants]
     for row in rows:
-        log(f"{preset} batch {batch} {row['precision']}: {row['img_per_s']:.1f} img/s, {row['ms_per_step']:.0f} ms/step")
+        log(f"{preset} batch {batch} {row['precision']} {row['attention']}: {row['img_per_s']:.1f} img/s, "
+            f"{row['ms_per_step']:.0f} ms/step")
+    chosen = {r["precision"]: r for r in rows if r["attention"] == auto[r["precision"]]}
     return {"preset": preset, "batch": batch, "device": str(device),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_has_fast_bf16": cpu_has_fast_bf16(),
-            "auto_precision": resolve_precision(device, "auto"), "rows": rows,
-            "bf16_time_over_fp32": rows[1]["ms_per_step"] / rows[0]["ms_per_step"]}
+            "auto_precision": resolve_precision(device, "auto"), "auto_attention": auto, "rows": rows,
+            "bf16_time_over_fp32": chosen["bf16"]["ms_per_step"] / chosen["fp32"]["ms_per_step"]}
 
 
 def profile_paths(preset: str, batch: int, *, device: torch.device, images: np.ndarray, basis: pca.PCABasis,
@@ -447,13 +465,13 @@ def add_ratios_and_mfu(rows: list[dict], peak: dict[str, dict]) -> None:
 
 
 def print_table(record: dict) -> None:
-    print(f"\n{'preset':15s} {'batch':>5s} {'path':9s} {'prec':4s} {'img/s':>9s} {'ms/step':>9s} "
+    print(f"\n{'preset':15s} {'batch':>5s} {'path':9s} {'prec':4s} {'attn':4s} {'img/s':>9s} {'ms/step':>9s} "
           f"{'min-max ms':>15s} {'fast/base':>9s} {'GFLOP/step':>10s} {'MFU %':>6s}")
     for r in record["rows"]:
         ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] else ""
         mfu = f"{100 * r['mfu']:.1f}" if r["mfu"] is not None else ""
         spread = f"{r['ms_min']:.0f}-{r['ms_max']:.0f}"
-        print(f"{r['preset']:15s} {r['batch']:5d} {r['path']:9s} {r['precision']:4s} {r['img_per_s']:9.1f} "
+        print(f"{r['preset']:15s} {r['batch']:5d} {r['path']:9s} {r['precision']:4s} {r['attention']:4s} {r['img_per_s']:9.1f} "
               f"{r['ms_per_step']:9.1f} {spread:>15s} {ratio:>9s} {r['flops_per_step'] / 1e9:10.1f} {mfu:>6s}")
     for p, e in record["peak"].items():
         print(f"peak {p}: {e['flops'] / 1e9:.1f} GFLOP/s ({e['source']})")
@@ -461,11 +479,11 @@ def print_table(record: dict) -> None:
     if pc:
         print(f"\nfp32 vs bf16 autocast, {pc['preset']} batch {pc['batch']} on {pc['device']} "
               f"(cpu capability {pc['cpu_capability']}, native bf16: {pc['cpu_has_fast_bf16']}, "
-              f"auto precision: {pc['auto_precision']}):")
+              f"auto precision: {pc['auto_precision']}, auto attention: {pc['auto_attention']}):")
         for r in pc["rows"]:
-            print(f"  {r['precision']}: {r['img_per_s']:.2f} img/s, {r['ms_per_step']:.0f} ms/step "
+            print(f"  {r['precision']} {r['attention']}: {r['img_per_s']:.2f} img/s, {r['ms_per_step']:.0f} ms/step "
                   f"({r['repeats']} timed, {r['warmup']} warm-up)")
-        print(f"  bf16 step takes {pc['bf16_time_over_fp32']:.1f}x the fp32 step")
+        print(f"  bf16 step takes {pc['bf16_time_over_fp32']:.2f}x the fp32 step (each with its auto attention)")
     est = record.get("paper_estimate")
     if est:
         print(f"\npaper recipe ({est['epochs']} epochs x {est['images_per_epoch']} images) at "
@@ -493,6 +511,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per path (default 5, 3 with --quick)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="torch.compile the fast path (auto: on CUDA)")
+    parser.add_argument("--attention", default="auto", choices=ATTENTIONS,
+                        help="the fast path's attention kernel (auto: train.resolve_attention)")
     parser.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default 0 on CPU, 4 on CUDA)")
     parser.add_argument("--n-images", type=int, default=None, help="training images per preset (default 1024, 256 with --quick)")
     parser.add_argument("--n-pca-images", type=int, default=None, help="images the PCA basis is fitted on (default 2000, 1000 with --quick)")
@@ -550,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict:
     for preset in args.presets:
         images, basis = data_for(preset)
         rows += measure_preset(preset, batch_sizes, device=device, images=images, basis=basis, warmup=warmup,
-                               repeats=repeats, workers=workers, compile=compile,
+                               repeats=repeats, workers=workers, compile=compile, attention=args.attention,
                                loop_steps=loop_steps if preset in loop_presets else 0)
     precisions = {r["precision"] for r in rows}
     comparison = None
@@ -576,7 +596,9 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"presets": args.presets, "batch_sizes": batch_sizes, "warmup": warmup, "repeats": repeats,
                      "workers": workers, "compile": compile, "n_images": n_images, "n_pca_images": n_pca,
                      "loop_presets": loop_presets, "loop_steps": loop_steps,
-                     "fast_precision": resolve_precision(device, "auto"), "threads": torch.get_num_threads()},
+                     "fast_precision": resolve_precision(device, "auto"),
+                     "fast_attention": resolve_attention(device, resolve_precision(device, "auto"), args.attention),
+                     "threads": torch.get_num_threads()},
         "rows": rows, "peak": peak, "precision_comparison": comparison, "profile": prof,
         "paper_estimate": paper_estimate(rows), "wall_seconds": time.perf_counter() - wall,
     }

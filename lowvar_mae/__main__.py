@@ -68,7 +68,7 @@ def cmd_pretrain(args) -> int:
 PRETRAIN_OPTIONS = {
     "model": str, "epochs": int, "warmup_epochs": float, "batch_size": int, "accum_steps": int,
     "base_lr": float, "weight_decay": float, "mask_ratio": float, "augment": str, "n_train": int,
-    "pca_method": str, "precision": str, "seed": int, "recon_every": int,
+    "pca_method": str, "precision": str, "attention": str, "seed": int, "recon_every": int,
 }
 
 

@@ -66,20 +66,20 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, latest_checkpoint, load_weights, save_checkpoint
 from .config import RunConfig
 from .data import DATASETS, load_dataset
-from .models import ViTClassifier, ViTEncoder, build_mae, get_config
+from .models import ViTClassifier, ViTEncoder, build_mae, get_config, set_attention
 from .provenance import atomic_write_json, provenance, results_dir, runs_dir
 from .reference import TABLE1, target_label
 from .results import write_record
 from .targets import parse_target
-from .train import (AUGMENTATIONS, PRECISIONS, DeviceData, Distributed, LoopConfig, augment, autocast,
-                    build_optimizer, fits_on, init_distributed, normalize, read_metrics, resolve_device,
-                    resolve_precision, scaled_lr, train_loop)
+from .train import (ATTENTIONS, AUGMENTATIONS, PRECISIONS, DeviceData, Distributed, LoopConfig, augment,
+                    autocast, build_optimizer, fits_on, init_distributed, normalize, read_metrics,
+                    resolve_attention, resolve_device, resolve_precision, scaled_lr, train_loop)
 
 PROTOCOLS = ("finetune", "linprobe")
 METRICS = ("finetune", "linprobe", "knn")
 NO_TARGET = "none"  # the "without pretraining" baseline
 # Fields that do not change what is learned, left out of the run name's hash.
-NOT_IN_NAME = ("compile", "eval_batch_size", "checkpoint_every")
+NOT_IN_NAME = ("compile", "attention", "eval_batch_size", "checkpoint_every")
 RECORD_KIND = "eval"
 
 # Recipes: the presentation's numbers ("paper") and CPU-minutes ones ("quick").
@@ -127,6 +127,7 @@ class _EvalConfig(RunConfig):
     n_test: int | None = None        # subset of the test split, the same images for every seed
     val_fraction: float = 0.1        # share of the training images held out for validation
     precision: str = "auto"          # auto | fp32 | bf16
+    attention: str = "auto"          # auto | sdpa | math (lowvar_mae.train.resolve_attention)
     eval_batch_size: int = 256       # images per forward pass when extracting features or testing
     seed: int = 0
 
@@ -150,6 +151,8 @@ class _EvalConfig(RunConfig):
                 raise ValueError(f"{name} must be None or an integer >= {low}, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
 
@@ -619,7 +622,8 @@ def fit_classifier(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, 
     """
     run_dir, dev = Path(run_dir), torch.device(device)
     precision = resolve_precision(dev, config.precision)
-    classifier = build_classifier(encoder, splits.num_classes, config).to(dev)
+    attention = resolve_attention(dev, precision, config.attention)
+    classifier = build_classifier(set_attention(encoder, attention), splits.num_classes, config).to(dev)
     eb = config.eval_batch_size
 
     if config.uses_feature_cache:
@@ -695,7 +699,8 @@ def fit_classifier(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, 
     summary = {"metric": config.metric, "value": value, "best_val_value": best["val"], "test_at_best": test_at_best,
                "best_epoch": best["epoch"], "final_val_value": metrics[-1]["val_accuracy"],
                "train_seconds": sum(m["seconds"] for m in metrics), "epochs": config.epochs,
-               "precision": precision, "feature_cache": config.uses_feature_cache, **splits.sizes}
+               "precision": precision, "attention": attention, "feature_cache": config.uses_feature_cache,
+               **splits.sizes}
     return EvalResult(run_dir, config, summary, metrics, trained_now=True, model=classifier)
 
 
@@ -704,7 +709,8 @@ def knn_probe(config: KNNConfig, encoder: ViTEncoder, splits: Splits, *, device:
     test rows are classified against it. Returns the summary fields."""
     dev = torch.device(device)
     precision = resolve_precision(dev, config.precision)
-    encoder = encoder.to(dev)
+    attention = resolve_attention(dev, precision, config.attention)
+    encoder = set_attention(encoder, attention).to(dev)
     feats = {name: extract_features(encoder, getattr(splits, f"{name}_images"), batch_size=config.eval_batch_size,
                                     device=dev, precision=precision) for name in ("train", "val", "test")}
     kw = dict(k=config.k, T=config.temperature, num_classes=splits.num_classes)
@@ -712,7 +718,8 @@ def knn_probe(config: KNNConfig, encoder: ViTEncoder, splits: Splits, *, device:
     test = knn_accuracy(feats["train"], splits.train_labels, feats["test"], splits.test_labels, **kw)
     # Nothing is chosen on validation, so the "best" numbers are the final ones.
     return {"metric": "knn", "value": test, "best_val_value": val, "test_at_best": test, "best_epoch": None,
-            "final_val_value": val, "train_seconds": 0.0, "precision": precision, **splits.sizes}
+            "final_val_value": val, "train_seconds": 0.0, "precision": precision, "attention": attention,
+            **splits.sizes}
 
 
 # ---------------------------------------------------------------- runs and records

@@ -26,6 +26,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 POS_EMBED_KINDS = ("learned", "sincos")
+ATTENTION_KERNELS = ("sdpa", "math")
 LAYER_NORM_EPS = 1e-6  # timm Block's own norms use the same eps
 
 
@@ -433,6 +434,35 @@ class ViTClassifier(nn.Module):
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (N, C, H, W), all L patches visible -> logits (N, num_classes)."""
         return self.head(self.head_drop(self.encoder.cls_features(imgs)))
+
+
+def set_attention(module: nn.Module, kernel: str) -> nn.Module:
+    """Choose how every timm ``Attention`` in ``module`` computes softmax(q k^T / sqrt(d)) v.
+
+    ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, a fused kernel (flash
+    attention on CUDA and on CPU); ``"math"``: written out, the (N, heads, L, L) attention
+    matrix materialised and both products plain matmuls (under autocast, bf16 ones). The
+    maths is the same and so are the weights; which is faster depends on the device and
+    precision (``lowvar_mae.train.resolve_attention``). Returns ``module``.
+    """
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+    switched = 0
+    for m in module.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = kernel == "sdpa"
+            switched += 1
+    if not switched:
+        raise ValueError(f"{type(module).__name__} has no timm Attention modules to switch")
+    return module
+
+
+def attention_kernel(module: nn.Module) -> str:
+    """The kernel the Attention modules of ``module`` use: "sdpa", "math" or "mixed"."""
+    kinds = {"sdpa" if m.fused_attn else "math" for m in module.modules() if hasattr(m, "fused_attn")}
+    if not kinds:
+        raise ValueError(f"{type(module).__name__} has no timm Attention modules")
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def build_mae(config_or_preset_name: MAEConfig | str, **overrides: Any) -> MAE:

@@ -23,12 +23,12 @@ from torch import nn
 from .checkpoint import latest_checkpoint, load_weights, unwrap
 from .config import RunConfig
 from .data import DATASETS, load_dataset
-from .models import MAE, build_mae, get_config
+from .models import MAE, build_mae, get_config, set_attention
 from .provenance import atomic_write_json, provenance, runs_dir
 from .targets import dataset_basis, make_target, parse_target
-from .train import (AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on,
-                    init_distributed, normalize, read_metrics, resolve_device, resolve_precision,
-                    scaled_lr, train_loop)
+from .train import (ATTENTIONS, AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
+                    fits_on, init_distributed, normalize, read_metrics, resolve_attention, resolve_device,
+                    resolve_precision, scaled_lr, train_loop)
 
 # Recipes: the presentation's numbers ("paper") and a CPU-minutes one ("quick").
 # Units: epochs over the training split; batch = images per optimiser step (all GPUs).
@@ -63,11 +63,12 @@ class PretrainConfig(RunConfig):
     n_train: int | None = None      # use a seeded subset of the training split
     pca_method: str = "complement"  # how bottom targets are computed (lowvar_mae.pca)
     precision: str = "auto"         # auto | fp32 | bf16
+    attention: str = "auto"         # auto | sdpa | math (lowvar_mae.train.resolve_attention)
     compile: bool = False
     seed: int = 0
     recon_every: int = 0            # save reconstructions every k epochs (0: first and last only)
 
-    NOT_IN_NAME = ("compile",)      # does not change what is learned
+    NOT_IN_NAME = ("compile", "attention")  # do not change what is learned
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -78,6 +79,8 @@ class PretrainConfig(RunConfig):
         get_config(self.model, mask_ratio=self.mask_ratio)
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         for name in ("epochs", "batch_size", "accum_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -173,13 +176,15 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
         return PretrainRun(run_dir, config, model, read_metrics(run_dir), trained_now=False)
 
     precision = resolve_precision(dev, config.precision)
+    attention = resolve_attention(dev, precision, config.attention)
+    set_attention(model, attention)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
         if not (run_dir / "provenance.json").is_file():
             atomic_write_json(run_dir / "provenance.json",
                               {**provenance(str(dev)), "seed": config.seed, "precision": precision,
-                               "world_size": dist.world_size})
+                               "attention": attention, "world_size": dist.world_size})
 
     train = load_dataset(config.dataset, "train")
     if config.n_train is not None:
@@ -235,7 +240,7 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
             "run_name": config.run_name, "final_loss": metrics[-1]["loss"], "epochs": len(metrics),
             "train_seconds": sum(m["seconds"] for m in metrics),
             "images_per_s": sum(m["images_per_s"] for m in metrics) / len(metrics),
-            "wall_seconds_this_call": time.perf_counter() - start, "precision": precision,
+            "wall_seconds_this_call": time.perf_counter() - start, "precision": precision, "attention": attention,
             "parameters": sum(p.numel() for p in model.parameters()),
         })
     return PretrainRun(run_dir, config, model, metrics, trained_now=True)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ATTENTIONS = ("auto", "sdpa", "math")  # lowvar_mae.models.set_attention's kernels, or the device's choice
 AUGMENTATIONS = ("none", "flip", "crop-flip")
 # Parameters that never get weight decay besides biases and norms (as in MAE).
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
@@ -110,6 +111,25 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if device.type == "cuda":
         return "bf16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def resolve_attention(device: torch.device, precision: str, attention: str = "auto") -> str:
+    """The attention kernel for a resolved ``precision`` ("fp32" or "bf16") on ``device``.
+
+    'auto' -> "math" (written out, ``models.set_attention``) on CPU under bf16, "sdpa"
+    elsewhere. On CPU the fused flash-attention kernel is the faster one in fp32 (a
+    ViT-Tiny MAE step about 1.4x faster on a 2-core AVX-512 CPU), but in bf16 it is
+    the slower one by far: there the written-out form runs its two products as bf16
+    matmuls and the whole step about 1.7x faster (``bench/pretrain_throughput.py``
+    measures both). On CUDA the fused kernel wins in both precisions.
+    """
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be resolved to 'fp32' or 'bf16' first, got {precision!r}")
+    if attention != "auto":
+        return attention
+    return "math" if device.type == "cpu" and precision == "bf16" else "sdpa"
 
 
 def autocast(device: torch.device, precision: str):

@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 
 from lowvar_mae import pca
 from lowvar_mae.data import make_synthetic
-from lowvar_mae.models import build_mae
+from lowvar_mae.models import attention_kernel, build_mae
 from lowvar_mae.targets import make_target
 from lowvar_mae.train import augment, normalize
 
@@ -93,14 +93,22 @@ def test_baseline_and_fast_path_compute_the_same_target_and_loss(throughput, mic
 
     torch.manual_seed(0)
     model = build_mae("micro")
-    written_out = baseline.written_out_attention(copy.deepcopy(model))
-    assert [m.fused_attn for m in written_out.modules() if hasattr(m, "fused_attn")] == [False] * 3
-    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    written_out = throughput.BaselinePath(copy.deepcopy(model), images, basis, 4, torch.device("cpu"), 0).model
+    assert attention_kernel(written_out) == "math" and attention_kernel(model) == "sdpa"
     fast = throughput.fast_loss(model, x_u8, target_fn, torch.Generator().manual_seed(7))
     slow = baseline.compute_loss(written_out, imgs, target, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="no timm Attention"):
-        baseline.written_out_attention(torch.nn.Linear(2, 2))
+
+
+def test_fast_path_takes_the_attention_kernel_resolve_attention_picks(throughput, micro_data):
+    images, basis = micro_data
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    cpu = torch.device("cpu")
+    for precision, expected in (("fp32", "sdpa"), ("bf16", "math")):
+        path = throughput.FastPath(build_mae("micro"), nchw, basis, 4, cpu, precision, compile=False)
+        assert path.attention == expected and attention_kernel(path.model) == expected
+    forced = throughput.FastPath(build_mae("micro"), nchw, basis, 4, cpu, "bf16", compile=False, attention="sdpa")
+    assert attention_kernel(forced.model) == "sdpa"
 
 
 def test_flop_count_includes_cpu_attention(throughput):
@@ -132,9 +140,20 @@ def test_throughput_record(records):
         assert r["img_per_s"] > 0 and r["ms_per_step"] > 0 and r["flops_per_step"] > 0 and r["mfu"] > 0
         assert r["preset"] == "micro" and r["batch"] == 4
     assert rows["baseline"]["ratio_vs_baseline"] == 1.0 and rows["baseline"]["precision"] == "fp32"
+    assert rows["baseline"]["attention"] == "math"
+    assert rows["fast"]["attention"] == record["settings"]["fast_attention"] == (
+        "math" if rows["fast"]["precision"] == "bf16" else "sdpa")
     assert rows["fast"]["repeats"] == 2 and np.isfinite(rows["fast"]["loss"])
     pc = record["precision_comparison"]
-    assert [r["precision"] for r in pc["rows"]] == ["fp32", "bf16"]
+    variants = [(r["precision"], r["attention"]) for r in pc["rows"]]
+    if pc["cpu_has_fast_bf16"]:  # emulated bf16 times only the kernel resolve_attention picks
+        assert variants == [("fp32", "sdpa"), ("fp32", "math"), ("bf16", "sdpa"), ("bf16", "math")]
+    else:
+        assert variants == [("fp32", "sdpa"), ("fp32", "math"), ("bf16", "math")]
+    assert pc["auto_attention"] == {"fp32": "sdpa", "bf16": "math"}
+    chosen = {p: next(r for r in pc["rows"] if r["precision"] == p and r["attention"] == a)
+              for p, a in pc["auto_attention"].items()}
+    assert pc["bf16_time_over_fp32"] == pytest.approx(chosen["bf16"]["ms_per_step"] / chosen["fp32"]["ms_per_step"])
     assert pc["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     prof = record["profile"]
     assert prof["fast"]["top_ops"] and prof["baseline"]["top_ops"]

@@ -70,6 +70,7 @@ def test_finetuning_the_micro_preset_beats_chance(tmp_path):
     assert result.metrics[s["best_epoch"] - 1]["val_accuracy"] == s["best_val_value"]
     assert s["final_val_value"] == result.metrics[-1]["val_accuracy"]
     assert (s["n_train"], s["n_val"], s["n_test"]) == (256, 64, 128)
+    assert s["attention"] == ("math" if s["precision"] == "bf16" else "sdpa")
     # the best epoch's weights are kept as a safetensors checkpoint
     best = latest_checkpoint(tmp_path / "best")
     assert best.name == f"checkpoint-e{s['best_epoch']:04d}"
@@ -287,6 +288,9 @@ def test_config_names_validation_and_round_trip():
     b = micro_config(target="pixels", pretrain_run="pretrain-b")
     assert a.run_name != b.run_name and a.run_name.startswith("finetune-synthetic-pixels-quick-e8-s0-")
     assert micro_config(compile=True).run_name == micro_config().run_name
+    assert micro_config(attention="math").run_name == micro_config().run_name
+    with pytest.raises(ValueError, match="attention must be one of .*got 'flash'"):
+        micro_config(attention="flash")
     assert ev.FinetuneConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
     assert micro_config(target="pca-bottom:0.250", pretrain_run="p").target == "pca-bottom:0.25"
     knn = ev.KNNConfig(target="pixels", pretrain_run="pretrain-a", model="micro")

@@ -13,9 +13,11 @@ from lowvar_mae.models import (
     MAEConfig,
     ViTClassifier,
     ViTEncoder,
+    attention_kernel,
     build_mae,
     get_config,
     random_masking,
+    set_attention,
     sincos_pos_embed_2d,
 )
 
@@ -416,7 +418,41 @@ def test_classifier_shares_encoder_and_sees_all_tokens(micro):
     assert isinstance(classifier.encoder, ViTEncoder)
 
 
-# ---------------------------------------------------------------- precision and compile
+# ---------------------------------------------------------------- precision, attention kernel, compile
+
+
+def test_attention_kernels_give_the_same_loss_and_gradients(monkeypatch):
+    """'math' (written out) and 'sdpa' (fused) are one computation; only 'sdpa' calls the fused op."""
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or fused(*a, **k))
+    torch.manual_seed(0)
+    model = build_mae("micro")
+    x = imgs_for(model.config)
+    results = {}
+    for kernel in ("sdpa", "math"):
+        set_attention(model, kernel)
+        assert attention_kernel(model) == kernel
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        loss, _, _ = model(x, generator=torch.Generator().manual_seed(3))
+        loss.backward()
+        results[kernel] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        assert len(calls) == (3 if kernel == "sdpa" else 0)  # 2 encoder + 1 decoder blocks
+    torch.testing.assert_close(results["math"][0], results["sdpa"][0], atol=1e-6, rtol=1e-5)
+    for name, grad in results["sdpa"][1].items():
+        torch.testing.assert_close(results["math"][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_set_attention_rejects_unknown_kernels_and_modules_without_attention(micro):
+    with pytest.raises(ValueError, match="one of \\('sdpa', 'math'\\), got 'flash'"):
+        set_attention(micro, "flash")
+    with pytest.raises(ValueError, match="Linear has no timm Attention"):
+        set_attention(torch.nn.Linear(2, 2), "math")
+    model = build_mae("micro")
+    set_attention(model.encoder, "math")
+    assert attention_kernel(model.encoder) == "math" and attention_kernel(model) == "mixed"
 
 
 def test_bf16_autocast_forward(micro):

@@ -14,7 +14,7 @@ from lowvar_mae.models import build_mae, patchify
 from lowvar_mae.pretrain import PretrainConfig, make_config, pretrain
 from lowvar_mae.targets import make_target, norm_pix, parse_target
 from lowvar_mae.train import (DeviceData, LoopConfig, NonFiniteLossError, augment, build_optimizer, lr_at,
-                              param_groups, resolve_precision, train_loop)
+                              param_groups, resolve_attention, resolve_precision, train_loop)
 
 
 @pytest.fixture
@@ -119,6 +119,17 @@ def test_precision_is_fp32_on_a_cpu_without_bf16(monkeypatch):
     assert resolve_precision(torch.device("cpu"), "bf16") == "bf16"
     with pytest.raises(ValueError, match="'fp8'"):
         resolve_precision(torch.device("cpu"), "fp8")
+
+
+def test_attention_kernel_by_device_and_precision():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_attention(cpu, "fp32") == "sdpa" and resolve_attention(cpu, "bf16") == "math"
+    assert resolve_attention(cuda, "fp32") == resolve_attention(cuda, "bf16") == "sdpa"
+    assert resolve_attention(cpu, "bf16", "sdpa") == "sdpa" and resolve_attention(cuda, "fp32", "math") == "math"
+    with pytest.raises(ValueError, match="'flash'"):
+        resolve_attention(cpu, "fp32", "flash")
+    with pytest.raises(ValueError, match="resolved.*'auto'"):
+        resolve_attention(cpu, "auto")
 
 
 def micro_setup(n=32, seed=0):
@@ -245,6 +256,7 @@ def test_pretrain_run_folder_resume_and_reload(runs):
         assert (run / name).is_file(), name
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["seed"] == 0 and "torch" in prov["versions"] and prov["git_revision"]
+    assert prov["attention"] == resolve_attention(torch.device("cpu"), prov["precision"])
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
     assert {"loss", "lr", "images_per_s", "seconds"} <= set(json.loads(lines[0]))
@@ -273,6 +285,9 @@ def test_pretrain_config_rejects_bad_values():
         build_mae("micro", img_size=18)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         PretrainConfig(model="huge")
+    with pytest.raises(ValueError, match="attention must be one of .*'flash'"):
+        tiny_config(attention="flash")
+    assert tiny_config(attention="math").run_name == tiny_config().run_name  # a kernel, not a result
     assert make_config("paper", "cifar10").model == "vit-tiny-cifar"
     assert make_config("paper", "stl10").model == "vit-tiny-stl"
     assert make_config("paper", "cifar10").epochs == 400
