@@ -10,8 +10,9 @@
   copied to the device every step;
 * fp32, eager; attention written out (``softmax(q k^T / sqrt(d)) v`` with the
   (N, heads, L, L) matrix materialised, as timm 0.3.2, which the MAE reference code
-  pins, computes it: ``lowvar_mae.models.set_attention(model, "math")``); the loss, ``backward`` and a plain ``AdamW`` (``foreach=False``,
-  not fused) over ``model.parameters()``; the loss read back with ``.item()`` every step.
+  pins, computes it: ``lowvar_mae.models.set_attention(model, "math")``); the loss,
+  ``backward`` and a plain ``AdamW`` (``foreach=False``, not fused) over
+  ``model.parameters()``; the loss read back with ``.item()`` every step.
 
 The model's weights and its loss are the package's MAE: only the data path, the
 attention kernel, the precision and the optimiser differ from the fast path

@@ -10,9 +10,10 @@ from the same PCA basis) and are timed side by side, their steps interleaved:
 * ``fast``: the package's pieces composed as ``lowvar_mae.pretrain`` does: uint8 images
   on the device in ``DeviceData`` (pinned CPU memory if they do not fit), batched
   ``augment`` -> ``targets.make_target`` (the basis on the device, float32 outside
-  autocast) -> model (attention through ``scaled_dot_product_attention``), under ``train.autocast`` with ``resolve_precision``
-  ("auto": bf16 on CUDA, fp32 on CPUs without native bf16), ``torch.compile`` on CUDA,
-  ``train.build_optimizer`` (fused AdamW on CPU and CUDA);
+  autocast) -> model, under ``train.autocast`` with ``resolve_precision`` ("auto": bf16 on
+  CUDA and on CPUs with native bf16, fp32 otherwise), the attention kernel of
+  ``resolve_attention`` (``scaled_dot_product_attention``, or written out on CPU under
+  bf16), ``torch.compile`` on CUDA, ``train.build_optimizer`` (fused AdamW on CPU and CUDA);
 * ``fast-loop`` (some presets): ``train.run_epoch`` itself on the same data, as a check
   that the step above is what the real loop does.
 
@@ -20,7 +21,7 @@ Per (preset, batch) it reports images/s and the median step time after warm-up, 
 ratio to the baseline, model FLOPs per step (``FlopCounterMode`` on forward + backward)
 and the model FLOPs utilisation (achieved FLOP/s over the device's peak: a matmul
 microbenchmark, or a datasheet number for known GPUs). It also times fp32 against bf16
-autocast for one preset and batch, profiles the fast path once, and estimates the wall
+autocast, each with both attention kernels, for one preset and batch, profiles the fast path once, and estimates the wall
 time of the ``paper`` recipe (400 epochs of 50,000 CIFAR-10 images) from the fast
 path's vit-tiny-cifar throughput.
 
@@ -471,8 +472,9 @@ def print_table(record: dict) -> None:
         ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] else ""
         mfu = f"{100 * r['mfu']:.1f}" if r["mfu"] is not None else ""
         spread = f"{r['ms_min']:.0f}-{r['ms_max']:.0f}"
-        print(f"{r['preset']:15s} {r['batch']:5d} {r['path']:9s} {r['precision']:4s} {r['attention']:4s} {r['img_per_s']:9.1f} "
-              f"{r['ms_per_step']:9.1f} {spread:>15s} {ratio:>9s} {r['flops_per_step'] / 1e9:10.1f} {mfu:>6s}")
+        print(f"{r['preset']:15s} {r['batch']:5d} {r['path']:9s} {r['precision']:4s} {r['attention']:4s} "
+              f"{r['img_per_s']:9.1f} {r['ms_per_step']:9.1f} {spread:>15s} {ratio:>9s} "
+              f"{r['flops_per_step'] / 1e9:10.1f} {mfu:>6s}")
     for p, e in record["peak"].items():
         print(f"peak {p}: {e['flops'] / 1e9:.1f} GFLOP/s ({e['source']})")
     pc = record.get("precision_comparison")

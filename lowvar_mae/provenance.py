@@ -65,16 +65,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def device_info(device: str | None = None) -> dict[str, str]:
+def device_info(device: str | None = None) -> dict[str, object]:
     """Name of the device a computation ran on, and the CPU's vector capability."""
     import torch
 
+    from .train import cpu_has_fast_bf16
+
     info = {"device": str(device or "cpu"), "cpu": platform.processor() or platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": str(torch.get_num_threads())}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_fast_bf16(),
+            "threads": str(torch.get_num_threads())}
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     else:
-        info["device_name"] = f"CPU ({info['cpu_capability']}, {os.cpu_count()} cores)"
+        bf16 = ", native bf16" if info["cpu_native_bf16"] else ""
+        info["device_name"] = f"CPU ({info['cpu_capability']}{bf16}, {os.cpu_count()} cores)"
     return info
 
 

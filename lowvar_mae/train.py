@@ -117,11 +117,11 @@ def resolve_attention(device: torch.device, precision: str, attention: str = "au
     """The attention kernel for a resolved ``precision`` ("fp32" or "bf16") on ``device``.
 
     'auto' -> "math" (written out, ``models.set_attention``) on CPU under bf16, "sdpa"
-    elsewhere. On CPU the fused flash-attention kernel is the faster one in fp32 (a
-    ViT-Tiny MAE step about 1.4x faster on a 2-core AVX-512 CPU), but in bf16 it is
-    the slower one by far: there the written-out form runs its two products as bf16
-    matmuls and the whole step about 1.7x faster (``bench/pretrain_throughput.py``
-    measures both). On CUDA the fused kernel wins in both precisions.
+    elsewhere. On CPU the fused flash-attention kernel is as fast or faster in fp32, but
+    in bf16 it is the slower one by far: there the written-out form runs its two
+    products as bf16 matmuls, and a ViT-Tiny MAE step on a 2-core AVX512-BF16 CPU runs
+    1.5 to 1.7 times faster (``bench/pretrain_throughput.py`` times both kernels in both
+    precisions). On CUDA the fused kernel is the faster one.
     """
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")

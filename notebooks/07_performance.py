@@ -22,9 +22,9 @@ batch = 64              # batch size of the bar chart and of the ratios quoted b
 # scripts in `bench/` measure it (see `bench/README.md`): `pretrain_throughput.py` times
 # a straightforward baseline (a DataLoader of PIL images, the PCA target projected per
 # sample with numpy, fp32, attention written out, plain AdamW) against the package's fast
-# path (uint8 data on the device, batched augmentation and PCA target, attention through
-# `scaled_dot_product_attention`, bf16 autocast and `torch.compile` where the hardware has
-# them, fused AdamW), side by side on the same model and batch;
+# path (uint8 data on the device, batched augmentation and PCA target, bf16 autocast where
+# the hardware has it, the attention kernel that is faster at that precision, `torch.compile`
+# on GPUs, fused AdamW), side by side on the same model and batch;
 # `pca_bench.py` times the exact eigendecomposition against a top-k solver that computes
 # only the components the complement filter needs. This chapter reads their latest
 # records; it runs nothing itself.
@@ -71,8 +71,19 @@ inventory = pd.DataFrame([{
     "date (UTC)": r.get("provenance", {}).get("time_utc"),
     "git revision": str(r.get("provenance", {}).get("git_revision", ""))[:12],
 } for r in records])
+FULL = {"pretrain_throughput": {"vit-tiny-cifar", "vit-tiny-stl", "small-cifar"},
+        "pca_bench": {"cifar", "stl-train", "stl-unlabeled"}}
+
+
+def is_full(record: dict) -> bool:
+    """Whether a record covers every default preset (throughput) or case (PCA)."""
+    parts = {r.get("preset") for r in record.get("rows", [])} | {c.get("case") for c in record.get("cases", [])}
+    return FULL[record["kind"]] <= parts
+
+
+# The latest record of each kind, full runs first (a partial one, e.g. one compiled preset, does not hide them).
 latest = {kind: max((r for r in records if r["kind"] == kind),
-                    key=lambda r: (r.get("provenance", {}).get("time_utc", ""), r["file"]), default=None)
+                    key=lambda r: (is_full(r), r.get("provenance", {}).get("time_utc", ""), r["file"]), default=None)
           for kind in KINDS}
 if not records:
     display(Markdown(f"**no benchmark results yet** in `{folder}`: run `python bench/pretrain_throughput.py "
@@ -81,12 +92,59 @@ else:
     display(inventory)
 
 # %% [markdown]
-# All benchmark records found, with the device and date of each. The tables below use the
-# latest record of each kind. On a shared CPU the timings are noisy: each step time is
-# the median of interleaved repeats, and the load average at the end of the run is listed.
+# All benchmark records found, with the device and date of each. On a shared CPU the
+# timings are noisy: each step time is the median of interleaved repeats, and the load
+# average at the end of the run is listed.
+
+# %% tags=["remove-cell"]
+def row_at(rows: list[dict], preset: str, path: str, at_batch: int):
+    """The row of ``path`` for ``preset`` at ``at_batch`` (else the largest batch measured), or None."""
+    rows = [r for r in rows if r["preset"] == preset and r["path"] == path]
+    exact = [r for r in rows if r["batch"] == at_batch]
+    return (exact or sorted(rows, key=lambda r: r["batch"]))[-1] if rows else None
+
+
+per_machine = {}
+for r in sorted((r for r in records if r["kind"] == "pretrain_throughput"),
+                key=lambda r: (r.get("provenance", {}).get("time_utc", ""), r["file"])):
+    fast, base = (row_at(r["rows"], "vit-tiny-cifar", p, batch) for p in ("fast", "baseline"))
+    if fast is not None and base is not None:  # the latest record of each machine and fast-path setup wins
+        setup = (fast["precision"], fast.get("attention", "sdpa"), bool(fast.get("compiled")))
+        per_machine[(r.get("provenance", {}).get("device_name"), setup)] = (r, fast, base)
+summary_rows = []
+for (name, _), (r, fast, base) in per_machine.items():
+    summary_rows.append({
+        "machine": name, "date (UTC)": r["provenance"]["time_utc"][:10], "batch": fast["batch"],
+        "fast path": f"{fast['precision']}, attention {fast.get('attention', 'sdpa')}"
+                     + (", compiled" if fast.get("compiled") else ""),
+        "baseline img/s": base["img_per_s"], "fast img/s": fast["img_per_s"],
+        "fast / baseline": fast["ratio_vs_baseline"],
+        "paper recipe, h": (r.get("paper_estimate") or {}).get("hours"), "file": r["file"]})
+machines = pd.DataFrame(summary_rows)
+glue("n_machines", str(len(machines)))
 
 # %% [markdown]
-# ## The pretraining step
+# ## The pretraining step on every machine measured
+#
+# The vit-tiny-cifar step (the `paper` recipe's model) in the latest record of each of the
+# {glue:text}`n_machines` machines that ran the benchmark: the baseline's and the fast
+# path's images/s, their ratio, and the wall time of the `paper` recipe (400 epochs of
+# CIFAR-10) at the fast path's throughput. What the fast path can gain depends on the
+# hardware far more than on the code: on a CPU without native bf16 both paths do the same
+# fp32 arithmetic, so only the overheads around it can go.
+
+# %%
+if machines.empty:
+    print("no pretraining-throughput record with vit-tiny-cifar yet")
+else:
+    display(machines.round(2))
+
+# %% [markdown]
+# The sections below show the latest record of each kind in full (the latest that covers
+# every preset or case, where there is one).
+
+# %% [markdown]
+# ## The pretraining step, latest record
 
 # %%
 tp = latest["pretrain_throughput"]
@@ -97,14 +155,16 @@ else:
     throughput = pd.DataFrame(tp["rows"])
     shown = throughput.assign(**{
         "MFU %": 100 * throughput["mfu"], "GFLOP/step": throughput["flops_per_step"] / 1e9,
-    })[["preset", "batch", "path", "precision", "compiled", "img_per_s", "ms_per_step", "ms_min", "ms_max",
-        "repeats", "ratio_vs_baseline", "GFLOP/step", "MFU %"]]
+    }).reindex(columns=["preset", "batch", "path", "precision", "attention", "compiled", "img_per_s",
+                        "ms_per_step", "ms_min", "ms_max", "repeats", "ratio_vs_baseline", "GFLOP/step", "MFU %"])
     print(f"{tp['file']}: {tp['provenance']['device_name']}, target {tp['target']}, "
           f"{tp['settings']['warmup']} warm-up + {tp['settings']['repeats']} timed steps per path")
     display(shown.round(2))
 
 # %% [markdown]
-# `img_per_s` is the batch over the median step time; `ratio_vs_baseline` the fast path's
+# `img_per_s` is the batch over the median step time; `attention` the kernel of
+# `softmax(q k^T / sqrt(d)) v`: `sdpa` (torch's fused `scaled_dot_product_attention`) or
+# `math` (written out, the attention matrix materialised); `ratio_vs_baseline` the fast path's
 # images/s over the baseline's at the same preset and batch; `fast-loop` is
 # `train.run_epoch` itself (one epoch of a few steps after a warm-up epoch), a check that
 # the composed step is what the training loop does. MFU is the model FLOPs of forward
@@ -167,7 +227,7 @@ glue("paper_images", f"{paper['images_per_epoch']:,}" if paper else NA)
 # ({glue:text}`paper_days` days) on this device.
 
 # %% [markdown]
-# ### fp32 against bf16 autocast
+# ### fp32 against bf16 autocast, and the attention kernel
 
 # %%
 pc = tp.get("precision_comparison") if tp else None
@@ -176,16 +236,39 @@ if pc is None:
 else:
     print(f"{pc['preset']} batch {pc['batch']} on {pc['device']}: CPU capability {pc['cpu_capability']}, "
           f"native bf16 {pc['cpu_has_fast_bf16']}, precision chosen by resolve_precision('auto'): {pc['auto_precision']}")
-    display(pd.DataFrame(pc["rows"])[["precision", "img_per_s", "ms_per_step", "repeats", "warmup", "mfu"]].round(3))
-glue("bf16_over_fp32", fmt(pc["bf16_time_over_fp32"] if pc else None, ".1f"))
-glue("cpu_capability", pc["cpu_capability"] if pc else NA)
-glue("auto_precision", pc["auto_precision"] if pc else NA)
+    display(pd.DataFrame(pc["rows"]).reindex(
+        columns=["precision", "attention", "img_per_s", "ms_per_step", "repeats", "warmup", "mfu"]).round(3))
+
+
+# %% tags=["remove-cell"]
+def kernel_ratio(precision: str):
+    """Step time with the fused kernel over the written-out one, at ``precision``."""
+    rows = {r.get("attention"): r for r in (pc["rows"] if pc else []) if r["precision"] == precision}
+    return rows["sdpa"]["ms_per_step"] / rows["math"]["ms_per_step"] if {"sdpa", "math"} <= set(rows) else None
+
+
+ratio = pc["bf16_time_over_fp32"] if pc else None
+if ratio is None:
+    precision_text = "No record compares the two precisions yet."
+elif ratio > 1:
+    precision_text = (f"A bf16-autocast step takes {ratio:.1f} times as long as an fp32 step here: without "
+                      "native bf16 instructions every bf16 matmul is emulated, so `resolve_precision('auto')` "
+                      f"chose {pc['auto_precision']}.")
+else:
+    precision_text = (f"A bf16-autocast step takes {ratio:.2f} of an fp32 step's time here: the CPU has native "
+                      "bf16 instructions (AVX512-BF16 or AMX), so `resolve_precision('auto')` chose "
+                      f"{pc['auto_precision']}.")
+kernel_parts = [f"in {p} the fused kernel's step takes {k:.2f} times the written-out one's"
+                for p in ("fp32", "bf16") if (k := kernel_ratio(p)) is not None]
+auto_attention = pc.get("auto_attention", {}) if pc else {}
+kernel_text = ("Of the two attention kernels, " + " and ".join(kernel_parts) + "; `resolve_attention` picks "
+               + " and ".join(f"`{auto_attention[p]}` in {p}" for p in ("fp32", "bf16") if p in auto_attention) + "."
+               if kernel_parts else "")
+glue("precision_text", precision_text)
+glue("kernel_text", kernel_text)
 
 # %% [markdown]
-# A bf16-autocast step takes {glue:text}`bf16_over_fp32` times as long as an fp32 step here
-# (CPU capability {glue:text}`cpu_capability`): without native bf16 instructions every
-# bf16 matmul is emulated. `resolve_precision("auto")` therefore chose
-# {glue:text}`auto_precision`.
+# {glue:text}`precision_text` {glue:text}`kernel_text`
 
 # %% [markdown]
 # ### Where the time goes
@@ -216,18 +299,22 @@ fast_row = (throughput[(throughput.preset == "vit-tiny-cifar") & (throughput.pat
                        & (throughput.batch == chart_batch)] if not throughput.empty else throughput)
 glue("fast_matmul_share", fmt(100 * matmul_share(prof["fast"]) if prof else None, ".0f"))
 glue("fast_mfu", fmt(100 * float(fast_row["mfu"].iloc[0]) if len(fast_row) else None, ".0f"))
-glue("peak_fp32", fmt(tp["peak"]["fp32"]["flops"] / 1e9 if tp and "fp32" in tp["peak"] else None, ".0f"))
+fast_precision = str(fast_row["precision"].iloc[0]) if len(fast_row) else None
+glue("fast_precision", fast_precision or NA)
+glue("peak_used", fmt(tp["peak"][fast_precision]["flops"] / 1e9 if tp and fast_precision in tp["peak"] else None,
+                      ".0f"))
 
 # %% [markdown]
 # What the fast path can remove is what is not model arithmetic: per-sample data work,
-# host reads, per-parameter optimiser loops, the attention matrix. In the latest record,
-# matrix products and attention kernels take {glue:text}`fast_matmul_share`% of the fast
-# path's CPU time, and its vit-tiny-cifar step reaches {glue:text}`fast_mfu`% of the
-# {glue:text}`peak_fp32` GFLOP/s that a large fp32 matmul reaches on the same device. On a
-# CPU without native bf16 there is little left to remove: the ratio to the baseline comes
-# from the attention kernel and the fused optimiser, and a larger one needs fewer or
-# cheaper FLOPs (bf16 on CPUs with AVX512-BF16 or AMX, or a GPU, where the same code
-# switches to bf16 autocast and `torch.compile`).
+# host reads, per-parameter optimiser loops; and it can make the arithmetic cheaper, with
+# bf16 where the hardware computes it natively and the attention kernel that is faster at
+# that precision. In the latest record, matrix products and attention kernels take
+# {glue:text}`fast_matmul_share`% of the fast path's CPU time, and its vit-tiny-cifar step
+# reaches {glue:text}`fast_mfu`% of the {glue:text}`peak_used` GFLOP/s that a large
+# {glue:text}`fast_precision` matmul reaches on the same device. Where that share is high,
+# the step is bound by the model's arithmetic: a larger ratio then needs cheaper FLOPs
+# (native bf16, or a GPU, where the same code switches to bf16 autocast and
+# `torch.compile`), not less Python.
 
 # %% [markdown]
 # ## The PCA fit: exact against top-k
