@@ -15,6 +15,7 @@ per block product, never holding a D x D or N x N matrix:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -39,6 +40,18 @@ def spread_tail(top: Tensor, total_variance: float, dim: int) -> Tensor:
 
 
 EXACT_ROWS = 256  # 256 * 255^2 < 2^24: float32 sums of x^2 over this many uint8 images are exact
+CACHE_SHARE = 0.75  # default cache limit: this share of the device's free memory
+FALLBACK_CACHE_BYTES = 2 ** 31  # where the free memory cannot be read
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free on ``device`` now: CUDA's free memory, or the host's available pages (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class DataCovariance:
@@ -47,7 +60,10 @@ class DataCovariance:
     images: (N, C, H, W) uint8 or float in [0, 1]. ``self(q, fine)`` returns
     C q = Xc^T (Xc q) / (N - 1) for q (D, m) float64, in one pass over the images,
     computed in float32 (``fine=False``) or float64, accumulated in float64. The
-    centred images are cached per dtype when they fit in ``max_cache_bytes``.
+    centred images are cached per dtype when they fit in ``max_cache_bytes`` (default:
+    ``CACHE_SHARE`` of the device's free memory when the operator is made; a cached pass
+    is about twice as fast); otherwise each pass converts the images batch by batch, with
+    the centring folded into the two products.
 
     The mean and the total variance of uint8 images come from exact sums of x and x^2
     per pixel, in the same pass that fills the float32 cache; of float images, from
@@ -55,7 +71,7 @@ class DataCovariance:
     """
 
     def __init__(self, images: Tensor | np.ndarray, *, batch_size: int = 4096,
-                 device: torch.device | str | None = None, max_cache_bytes: int = 2 ** 31):
+                 device: torch.device | str | None = None, max_cache_bytes: int | None = None):
         self.images = torch.as_tensor(images)
         if self.images.ndim != 4 or len(self.images) < 2:
             raise ValueError(f"need images (N >= 2, C, H, W), got shape {tuple(self.images.shape)}")
@@ -63,6 +79,9 @@ class DataCovariance:
         self.n = len(self.images)
         self.image_shape = tuple(int(s) for s in self.images.shape[1:])
         self.dim = math.prod(self.image_shape)
+        if max_cache_bytes is None:
+            free = free_bytes(self.device)
+            max_cache_bytes = int(CACHE_SHARE * free) if free is not None else FALLBACK_CACHE_BYTES
         self.batch_size, self.max_cache_bytes = batch_size, max_cache_bytes
         self._cache: dict[torch.dtype, Tensor] = {}
         if self.images.dtype == torch.uint8 and self.n < 2 ** 20:
@@ -113,36 +132,40 @@ class DataCovariance:
             batch = self.images[start:start + self.batch_size].to(self.device)
             yield _unit_float(batch, dtype).flatten(1)
 
-    def _centred(self, start: int, out: Tensor) -> Tensor:
-        """Writes the centred images [start, start + len(out)) into ``out`` (B, D) and returns it."""
-        batch = self.images[start:start + len(out)].to(self.device).flatten(1)
-        if batch.dtype == torch.uint8:  # (x - 255 mu) / 255: one conversion, two in-place passes
-            return out.copy_(batch).sub_(255.0 * self.mean.to(out.dtype)).mul_(1 / 255.0)
-        return out.copy_(batch).sub_(self.mean.to(out.dtype))
+    def _scale(self) -> float:
+        """Pixel values -> [0, 1]: 1/255 for uint8 images."""
+        return 1 / 255.0 if self.images.dtype == torch.uint8 else 1.0
 
-    def _centred_batches(self, dtype: torch.dtype):
-        if dtype in self._cache:
-            yield from self._cache[dtype].split(self.batch_size)
-            return
-        starts = range(0, self.n, self.batch_size)
-        if self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes:
+    def _cached(self, dtype: torch.dtype) -> Tensor | None:
+        """The centred images (N, D) in ``dtype``, built on first use if they fit; else None."""
+        if dtype not in self._cache and self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes:
             self._cache.clear()
             cache = torch.empty(self.n, self.dim, dtype=dtype, device=self.device)
-            for start in starts:
-                self._centred(start, cache[start:start + self.batch_size])
+            shift = self.mean.to(dtype) / self._scale()
+            for start in range(0, self.n, self.batch_size):
+                part = cache[start:start + self.batch_size]
+                part.copy_(self.images[start:start + len(part)].to(self.device).flatten(1))
+                part.sub_(shift).mul_(self._scale())  # (x - 255 mu) / 255: two in-place passes
             self._cache[dtype] = cache
-            yield from cache.split(self.batch_size)
-            return
-        for start in starts:
-            yield self._centred(start, torch.empty(min(self.batch_size, self.n - start), self.dim, dtype=dtype,
-                                                   device=self.device))
+        return self._cache.get(dtype)
 
     def __call__(self, q: Tensor, fine: bool = True) -> Tensor:
         dtype = torch.float64 if fine else torch.float32
         qd = q.to(dtype)
         out = torch.zeros(self.dim, q.shape[1], dtype=torch.float64, device=q.device)
-        for xc in self._centred_batches(dtype):
-            out += (xc.T @ (xc @ qd)).to(torch.float64)
+        cached = self._cached(dtype)
+        if cached is not None:
+            for xc in cached.split(self.batch_size):
+                out += (xc.T @ (xc @ qd)).to(torch.float64)
+            return out / (self.n - 1)
+        # Not cached: one conversion per batch, the centring folded into the products,
+        # Xc q = s X q - 1 (mu^T q) and Xc^T y = s X^T y - mu (1^T y), s the pixel scale.
+        scale, mean = self._scale(), self.mean.to(dtype)
+        mean_q = mean @ qd
+        for start in range(0, self.n, self.batch_size):
+            x = self.images[start:start + self.batch_size].to(self.device).flatten(1).to(dtype)
+            y = (x @ qd).mul_(scale).sub_(mean_q)
+            out += ((x.T @ y).mul_(scale) - torch.outer(mean, y.sum(0))).to(torch.float64)
         return out / (self.n - 1)
 
 

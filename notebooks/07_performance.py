@@ -252,17 +252,17 @@ if ratio is None:
     precision_text = "No record compares the two precisions yet."
 elif ratio > 1:
     precision_text = (f"A bf16-autocast step takes {ratio:.1f} times as long as an fp32 step here: without "
-                      "native bf16 instructions every bf16 matmul is emulated, so `resolve_precision('auto')` "
-                      f"chose {pc['auto_precision']}.")
+                      "native bf16 instructions every bf16 matmul is emulated, so the automatic choice of "
+                      f"precision is {pc['auto_precision']}.")
 else:
     precision_text = (f"A bf16-autocast step takes {ratio:.2f} of an fp32 step's time here: the CPU has native "
-                      "bf16 instructions (AVX512-BF16 or AMX), so `resolve_precision('auto')` chose "
+                      "bf16 instructions (AVX512-BF16 or AMX), so the automatic choice of precision is "
                       f"{pc['auto_precision']}.")
 kernel_parts = [f"in {p} the fused kernel's step takes {k:.2f} times the written-out one's"
                 for p in ("fp32", "bf16") if (k := kernel_ratio(p)) is not None]
 auto_attention = pc.get("auto_attention", {}) if pc else {}
-kernel_text = ("Of the two attention kernels, " + " and ".join(kernel_parts) + "; `resolve_attention` picks "
-               + " and ".join(f"`{auto_attention[p]}` in {p}" for p in ("fp32", "bf16") if p in auto_attention) + "."
+kernel_text = ("Of the two attention kernels, " + " and ".join(kernel_parts) + "; the automatic choice is "
+               + " and ".join(f"{auto_attention[p]} in {p}" for p in ("fp32", "bf16") if p in auto_attention) + "."
                if kernel_parts else "")
 glue("precision_text", precision_text)
 glue("kernel_text", kernel_text)
