@@ -126,8 +126,8 @@ glue("n_machines", str(len(machines)))
 # %% [markdown]
 # ## The pretraining step on every machine measured
 #
-# The vit-tiny-cifar step (the `paper` recipe's model) in the latest record of each of the
-# {glue:text}`n_machines` machines that ran the benchmark: the baseline's and the fast
+# The vit-tiny-cifar step (the `paper` recipe's model) in the latest record of each machine
+# and fast-path setup ({glue:text}`n_machines` in all): the baseline's and the fast
 # path's images/s, their ratio, and the wall time of the `paper` recipe (400 epochs of
 # CIFAR-10) at the fast path's throughput. What the fast path can gain depends on the
 # hardware far more than on the code: on a CPU without native bf16 both paths do the same
