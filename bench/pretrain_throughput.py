@@ -21,9 +21,9 @@ Per (preset, batch) it reports images/s and the median step time after warm-up, 
 ratio to the baseline, model FLOPs per step (``FlopCounterMode`` on forward + backward)
 and the model FLOPs utilisation (achieved FLOP/s over the device's peak: a matmul
 microbenchmark, or a datasheet number for known GPUs). It also times fp32 against bf16
-autocast, each with both attention kernels, for one preset and batch, profiles the fast path once, and estimates the wall
-time of the ``paper`` recipe (400 epochs of 50,000 CIFAR-10 images) from the fast
-path's vit-tiny-cifar throughput.
+autocast, each with both attention kernels, for one preset and batch, profiles the fast
+path once, and estimates the wall time of the ``paper`` recipe (400 epochs of 50,000
+CIFAR-10 images) from the fast path's vit-tiny-cifar throughput.
 
     python bench/pretrain_throughput.py --quick          # < 4 minutes on a quiet 2-core CPU
     python bench/pretrain_throughput.py                  # batches 32, 64, 128, more repeats

@@ -40,6 +40,7 @@ def spread_tail(top: Tensor, total_variance: float, dim: int) -> Tensor:
 
 
 EXACT_ROWS = 256  # 256 * 255^2 < 2^24: float32 sums of x^2 over this many uint8 images are exact
+EXACT_MAX_IMAGES = 2 ** 18  # (255 N)^2 and N^2 255^2 stay below 2^53: the moments' float64 sums are exact
 CACHE_SHARE = 0.75  # default cache limit: this share of the device's free memory
 FALLBACK_CACHE_BYTES = 2 ** 31  # where the free memory cannot be read
 
@@ -84,35 +85,47 @@ class DataCovariance:
             max_cache_bytes = int(CACHE_SHARE * free) if free is not None else FALLBACK_CACHE_BYTES
         self.batch_size, self.max_cache_bytes = batch_size, max_cache_bytes
         self._cache: dict[torch.dtype, Tensor] = {}
-        if self.images.dtype == torch.uint8 and self.n < 2 ** 20:
-            self.mean, self.total_variance = self._uint8_moments()
+        if self.images.dtype == torch.uint8 and self.n <= EXACT_MAX_IMAGES:
+            raw = self._empty(torch.float32) if self._fits(torch.float32) else None
+            self.mean, self.total_variance = self._uint8_moments(raw)
+            if raw is not None:  # the float32 copy made on the way becomes the float32 cache
+                self._cache[torch.float32] = self._centre_(raw)
         else:
             self.mean, self.total_variance = self._float_moments()
 
-    def _uint8_moments(self) -> tuple[Tensor, float]:
+    def _batches(self):
+        """(start, images[start:start + batch_size] on the device as (B, D)), in order."""
+        for start in range(0, self.n, self.batch_size):
+            yield start, self.images[start:start + self.batch_size].to(self.device).flatten(1)
+
+    def _fits(self, dtype: torch.dtype) -> bool:
+        return self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes
+
+    def _empty(self, dtype: torch.dtype) -> Tensor:
+        return torch.empty(self.n, self.dim, dtype=dtype, device=self.device)
+
+    def _centre_(self, x: Tensor) -> Tensor:
+        """Raw pixel values (N, D) -> centred images in [0, 1] units, in place: (x - mu / s) * s."""
+        return x.sub_(self.mean.to(x.dtype) / self._scale()).mul_(self._scale())
+
+    def _uint8_moments(self, raw: Tensor | None) -> tuple[Tensor, float]:
         """Mean (D,) float64 in [0, 1] and trace of C from exact sums of x and x^2 per pixel.
 
         The sums run in float32 over chunks of ``EXACT_ROWS`` images, where every partial
         sum is an integer below 2^24 and so exact, and add up in float64 (exact below
-        2^53). Per pixel, N sum(x^2) - (sum x)^2 is then exact too: the only rounding is
-        the final sum over the D pixels. The float32 copy of the images made on the way is
-        centred in place and kept as the float32 cache when it fits.
+        2^53 for up to ``EXACT_MAX_IMAGES`` images). Per pixel, N sum(x^2) - (sum x)^2 is
+        then exact too: the only rounding is the final sum over the D pixels. ``raw``
+        (N, D) float32, if given, receives the images' float32 copy.
         """
-        keep = self.n * self.dim * 4 <= self.max_cache_bytes
-        cache = torch.empty(self.n, self.dim, dtype=torch.float32, device=self.device) if keep else None
         s1 = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         s2 = torch.zeros_like(s1)
-        for start in range(0, self.n, self.batch_size):
-            batch = self.images[start:start + self.batch_size].to(self.device).flatten(1)
-            x = cache[start:start + len(batch)].copy_(batch) if keep else batch.to(torch.float32)
+        for start, batch in self._batches():
+            x = raw[start:start + len(batch)].copy_(batch) if raw is not None else batch.to(torch.float32)
             for chunk in x.split(EXACT_ROWS):
                 s1 += chunk.sum(0).double()
                 s2 += (chunk * chunk).sum(0).double()
-        mean = s1 / (self.n * 255.0)
         total = float((self.n * s2 - s1 * s1).sum()) / (self.n * (self.n - 1)) / 255.0 ** 2
-        if keep:
-            self._cache[torch.float32] = cache.sub_(255.0 * mean.float()).mul_(1 / 255.0)
-        return mean, total
+        return s1 / (self.n * 255.0), total
 
     def _float_moments(self) -> tuple[Tensor, float]:
         """Mean and trace of C in float64, sums taken around a shift (any input dtype)."""
@@ -128,9 +141,8 @@ class DataCovariance:
         return shift + m1, float(((s2 - self.n * m1 * m1) / (self.n - 1)).sum())
 
     def _unit_batches(self, dtype: torch.dtype):
-        for start in range(0, self.n, self.batch_size):
-            batch = self.images[start:start + self.batch_size].to(self.device)
-            yield _unit_float(batch, dtype).flatten(1)
+        for _, batch in self._batches():
+            yield _unit_float(batch, dtype)
 
     def _scale(self) -> float:
         """Pixel values -> [0, 1]: 1/255 for uint8 images."""
@@ -138,15 +150,12 @@ class DataCovariance:
 
     def _cached(self, dtype: torch.dtype) -> Tensor | None:
         """The centred images (N, D) in ``dtype``, built on first use if they fit; else None."""
-        if dtype not in self._cache and self.n * self.dim * torch.finfo(dtype).bits // 8 <= self.max_cache_bytes:
+        if dtype not in self._cache and self._fits(dtype):
             self._cache.clear()
-            cache = torch.empty(self.n, self.dim, dtype=dtype, device=self.device)
-            shift = self.mean.to(dtype) / self._scale()
-            for start in range(0, self.n, self.batch_size):
-                part = cache[start:start + self.batch_size]
-                part.copy_(self.images[start:start + len(part)].to(self.device).flatten(1))
-                part.sub_(shift).mul_(self._scale())  # (x - 255 mu) / 255: two in-place passes
-            self._cache[dtype] = cache
+            cache = self._empty(dtype)
+            for start, batch in self._batches():
+                cache[start:start + len(batch)].copy_(batch)
+            self._cache[dtype] = self._centre_(cache)
         return self._cache.get(dtype)
 
     def __call__(self, q: Tensor, fine: bool = True) -> Tensor:
@@ -162,8 +171,8 @@ class DataCovariance:
         # Xc q = s X q - 1 (mu^T q) and Xc^T y = s X^T y - mu (1^T y), s the pixel scale.
         scale, mean = self._scale(), self.mean.to(dtype)
         mean_q = mean @ qd
-        for start in range(0, self.n, self.batch_size):
-            x = self.images[start:start + self.batch_size].to(self.device).flatten(1).to(dtype)
+        for _, batch in self._batches():
+            x = batch.to(dtype)
             y = (x @ qd).mul_(scale).sub_(mean_q)
             out += ((x.T @ y).mul_(scale) - torch.outer(mean, y.sum(0))).to(torch.float64)
         return out / (self.n - 1)

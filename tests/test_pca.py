@@ -338,6 +338,20 @@ def test_data_covariance_operator_matches_numpy(kind, max_cache_bytes):
     assert bool(op._cache) == (max_cache_bytes > 0)
 
 
+def test_data_covariance_uint8_moments_are_exact():
+    """Against exact int64 sums: bright images in batches of 3,000, where float32 sums of x^2 over a
+    whole batch would round (partial sums past 2^24); sums over chunks of EXACT_ROWS rows do not."""
+    from lowvar_mae.eigsolver import DataCovariance
+
+    x = (decaying_images(4000, (3, 4, 4), seed=3) * 255 + 100).clamp(0, 255).round().to(torch.uint8)
+    flat = x.reshape(len(x), -1).numpy().astype(np.int64)
+    n, s1, s2 = len(flat), flat.sum(0), (flat * flat).sum(0)
+    op = DataCovariance(x, batch_size=3000, max_cache_bytes=0)
+    np.testing.assert_array_equal(op.mean.numpy(), s1 / (n * 255.0))
+    exact_total = float((n * s2 - s1 * s1).sum()) / (n * (n - 1)) / 255.0 ** 2
+    assert op.total_variance == pytest.approx(exact_total, rel=1e-15)
+
+
 def test_topk_basis_round_trips_and_refuses_what_it_cannot_do(tmp_path):
     x = decaying_images(300, (3, 8, 8))
     basis = fit_pca(x, solver="topk", top_share=0.75)
