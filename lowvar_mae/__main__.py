@@ -68,28 +68,30 @@ def cmd_pretrain(args) -> int:
 PRETRAIN_OPTIONS = {
     "model": str, "epochs": int, "warmup_epochs": float, "batch_size": int, "accum_steps": int,
     "base_lr": float, "weight_decay": float, "mask_ratio": float, "augment": str, "n_train": int,
-    "pca_method": str, "precision": str, "attention": str, "seed": int, "recon_every": int,
+    "pca_method": str, "precision": str, "attention": str, "seed": int, "recon_every": int, "probe_every": int,
 }
 
 
-GRID_TARGETS = ["pixels", "pca-bottom:0.25", "pca-bottom:0.1", "pca-top:0.75", "pca-top:0.6", "norm-pix", "none"]
+GRID_TARGETS = ["pixels", "pca-bottom:0.25", "pca-top:0.75", "none", "norm-pix", "pca-bottom:0.1", "pca-top:0.6"]
+# Probes a grid runs when none are named: the CPU protocol probes; fine-tuning is asked for by name.
+GRID_PROBES = {"cpu": ["linprobe", "knn"]}
 
 
 def cmd_grid(args) -> int:
-    """Refresh Table 1: the evaluation chapter once per dataset, finished runs loaded, not redone."""
-    from . import book
+    """Table 1 cells, one at a time, each record written as it finishes; cells with records are skipped."""
+    from . import grid
 
-    source = book.find_notebook("03")
-    out = Path(args.out)
-    for dataset in args.datasets:
-        params = {"dataset": dataset, "targets": args.targets, "seeds": args.seeds, "probes": args.probes,
-                  "pretrain_recipe": args.recipe, "eval_recipe": args.recipe, "device": args.device,
-                  "n_train": None, "n_test": None}
-        start = time.perf_counter()
-        target = out / f"{source.stem}_{dataset}_{args.recipe}.ipynb"
-        print(f"{dataset}: {len(args.targets)} targets x {len(args.seeds)} seeds x {args.probes} -> {target}", flush=True)
-        book.execute_notebook(source, target, params, progress=args.progress)
-        print(f"  done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    probes = args.probes or GRID_PROBES.get(args.recipe, ["finetune", "linprobe", "knn"])
+    cells = grid.plan(args.datasets, args.targets, args.seeds, probes, args.recipe)
+    if args.missing:
+        print(grid.describe_missing(cells))
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    grid.run_grid(cells, device=args.device, allow_dirty=args.allow_dirty, progress=args.progress)
+    print(grid.describe_missing(cells))
     return 0
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pretrain", help="pretrain an MAE (resumes or loads its run folder); torchrun-ready")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--target", default="pixels", help="pixels | norm-pix | pca-bottom:<q> | pca-top:<p>")
-    p.add_argument("--recipe", default="quick", help="quick | paper")
+    p.add_argument("--recipe", default="quick", help="quick | cpu | gpu | paper")
     for name, kind in PRETRAIN_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -126,19 +128,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("grid", help="pretrain and evaluate every Table 1 cell (datasets x targets x seeds x probes)")
-    p.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100", "stl10"])
+    p = sub.add_parser("grid", help="pretrain and evaluate Table 1 cells (datasets x targets x seeds x probes), "
+                       "skipping cells that have records; run one grid at a time on an otherwise idle machine",
+                       description="Cells run seed-major, one at a time; each record is written as its cell "
+                       "finishes and a cell with a record is skipped, so a grid fills over interrupted runs. "
+                       "Two cores run one torch job well and two badly: run nothing else beside it. "
+                       "Touch <runs>/grid.stop to stop after the current cell.")
+    p.add_argument("--datasets", nargs="+", default=["cifar10"])
     p.add_argument("--targets", nargs="+", default=GRID_TARGETS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--probes", nargs="+", default=["finetune", "linprobe", "knn"])
-    p.add_argument("--recipe", default="paper", help="pretraining and evaluation recipe: paper | quick")
+    p.add_argument("--probes", nargs="+", default=None,
+                   help="finetune | linprobe | knn (default: linprobe knn for the cpu recipe, all three otherwise)")
+    p.add_argument("--recipe", default="cpu", help="pretraining and evaluation recipe: cpu | gpu | quick | paper")
+    p.add_argument("--missing", action="store_true", help="list the cells without a record and their estimated time")
+    p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="_build/grid", help="where the executed notebooks go")
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_grid)
 
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    return args.func(args)
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:  # bad input: one line, no traceback
+        print(f"lowvar-mae {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, latest_checkpoint, load_weights, save_checkpoint
 from .config import RunConfig
 from .data import DATASETS, load_dataset
-from .models import ViTClassifier, ViTEncoder, build_mae, get_config, set_attention
+from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, get_config, pool_tokens, set_attention
 from .provenance import atomic_write_json, provenance, results_dir, runs_dir
 from .reference import TABLE1, target_label
 from .results import write_record
@@ -96,6 +96,10 @@ RECIPES: dict[str, dict[str, dict]] = {
         "quick": dict(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999),
                       batch_size=64, epochs=4, warmup_epochs=1, augment="flip", rand_augment_ops=0,
                       label_smoothing=0.1, head_dropout=0.1, head_norm=False, head_init_std=2e-5),
+        # The CPU protocol's short fine-tune of the cpu-cifar encoder on the whole training part.
+        "cpu": dict(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999),
+                    batch_size=256, epochs=5, warmup_epochs=1, augment="flip", rand_augment_ops=0,
+                    label_smoothing=0.1, head_dropout=0.1, head_norm=False, head_init_std=2e-5),
     },
     "linprobe": {
         "paper": dict(optimizer="sgd", momentum=0.9, base_lr=0.1, weight_decay=0.0, batch_size=256,
@@ -106,8 +110,20 @@ RECIPES: dict[str, dict[str, dict]] = {
                       epochs=100, warmup_epochs=10, augment="none", rand_augment_ops=0,
                       label_smoothing=0.0, head_dropout=0.0, head_norm=True, head_init_std=0.01,
                       checkpoint_every=10),
+        # The CPU protocol: the quick probe on cached features of the whole training part,
+        # batch 1024 (lr scaled to 0.4); which features (CLS, mean of patch tokens, both) is
+        # chosen on the validation split (``features="auto"``, :func:`choose_pooling`).
+        "cpu": dict(optimizer="sgd", momentum=0.9, base_lr=0.1, weight_decay=0.0, batch_size=1024,
+                    epochs=100, warmup_epochs=10, augment="none", rand_augment_ops=0,
+                    label_smoothing=0.0, head_dropout=0.0, head_norm=True, head_init_std=0.01,
+                    checkpoint_every=25, features="auto"),
     },
+    # kNN trains nothing; a recipe only says which features it votes with.
+    "knn": {"quick": {}, "paper": {}, "cpu": dict(features="auto")},
 }
+# Feature choices of the probes: a pooling of lowvar_mae.models.POOLINGS, or "auto" (chosen
+# on the validation split).
+FEATURES = (*POOLINGS, "auto")
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 
@@ -129,6 +145,7 @@ class _EvalConfig(RunConfig):
     precision: str = "auto"          # auto | fp32 | bf16
     attention: str = "auto"          # auto | sdpa | math (lowvar_mae.train.resolve_attention)
     eval_batch_size: int = 256       # images per forward pass when extracting features or testing
+    features: str = "cls"            # cls | mean | cls+mean | auto (chosen on validation); probes only
     seed: int = 0
 
     NOT_IN_NAME = NOT_IN_NAME
@@ -155,6 +172,8 @@ class _EvalConfig(RunConfig):
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
 
     @property
     def metric(self) -> str:
@@ -225,6 +244,8 @@ class FinetuneConfig(_EvalConfig):
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.base_lr <= 0 or self.weight_decay < 0 or self.head_init_std <= 0:
             raise ValueError("base_lr and head_init_std must be positive and weight_decay >= 0")
+        if self.protocol == "finetune" and self.features != "cls":
+            raise ValueError(f"fine-tuning classifies the CLS token: features must be 'cls', got {self.features!r}")
 
     @property
     def metric(self) -> str:
@@ -249,11 +270,14 @@ class FinetuneConfig(_EvalConfig):
 class KNNConfig(_EvalConfig):
     """A kNN probe on frozen CLS features: cosine similarity, k neighbours, exp(sim / T) votes."""
 
+    recipe: str = "quick"            # a key of RECIPES["knn"]
     k: int = KNN_K
     temperature: float = KNN_TEMPERATURE
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.recipe not in RECIPES["knn"]:
+            raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES['knn'])}")
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be a positive integer, got {self.k!r}")
         if self.temperature <= 0:
@@ -305,9 +329,11 @@ def make_eval_config(metric: str, recipe: str = "quick", pretrain=None, *, datas
     if source is None:
         from .pretrain import make_config
 
+        from .pretrain import RECIPES as PRETRAIN_RECIPES
+
         dataset = dataset or "synthetic"
         values.update(dataset=dataset, target=NO_TARGET, pretrain_run=None,
-                      model=model or make_config(recipe if recipe in ("paper", "quick") else "quick", dataset).model)
+                      model=model or make_config(recipe if recipe in PRETRAIN_RECIPES else "quick", dataset).model)
     else:
         for name, given in (("dataset", dataset), ("model", model)):
             if given is not None and given != source[name]:
@@ -315,14 +341,13 @@ def make_eval_config(metric: str, recipe: str = "quick", pretrain=None, *, datas
         values.update(dataset=source["dataset"], target=str(parse_target(source["target"])),
                       pretrain_run=source["run_name"], model=source["model"], seed=source["seed"],
                       n_train=source.get("n_train"))
-    if metric == "knn":
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return KNNConfig(**values)
     if recipe not in RECIPES[metric]:
         raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES[metric])}")
     recipe_values = RECIPES[metric][recipe]
     values.update(recipe_values)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if metric == "knn":
+        return KNNConfig(recipe=recipe, **values)
     if overrides.get("epochs") is not None and overrides.get("warmup_epochs") is None:
         # a shorter or longer schedule keeps the recipe's share of warm-up
         values["warmup_epochs"] = recipe_values["warmup_epochs"] * values["epochs"] / recipe_values["epochs"]
@@ -463,9 +488,10 @@ class LinearProbe(ViTClassifier):
     ``train()`` switches only the head; the encoder runs under ``torch.no_grad``.
     """
 
-    def __init__(self, encoder: ViTEncoder, head: nn.Module) -> None:
+    def __init__(self, encoder: ViTEncoder, head: nn.Module, pooling: str = "cls") -> None:
         super().__init__(encoder, num_classes=1)
         self.head = head
+        self.pooling = pooling
         encoder.requires_grad_(False)
         encoder.eval()
 
@@ -477,16 +503,22 @@ class LinearProbe(ViTClassifier):
     def forward(self, imgs: Tensor) -> Tensor:
         """imgs: (N, C, H, W) -> logits (N, num_classes)."""
         with torch.no_grad():
-            features = self.encoder.cls_features(imgs)
+            features = self.encoder.pooled_features(imgs, self.pooling)
         return self.head(self.head_drop(features))
 
 
-def build_classifier(encoder: ViTEncoder, num_classes: int, config: FinetuneConfig) -> ViTClassifier:
-    """ViTClassifier (finetune) or LinearProbe (linprobe) on ``encoder``, head from ``config``."""
-    head = build_head(encoder.embed_dim, num_classes, norm=config.head_norm, init_std=config.head_init_std,
-                      seed=config.seed)
+def build_classifier(encoder: ViTEncoder, num_classes: int, config: FinetuneConfig,
+                     pooling: str | None = None) -> ViTClassifier:
+    """ViTClassifier (finetune) or LinearProbe (linprobe) on ``encoder``, head from ``config``.
+
+    pooling: the probe's features (default ``config.features``, which must then not be "auto")."""
+    pooling = pooling or config.features
+    if pooling not in POOLINGS:
+        raise ValueError(f"a classifier needs a pooling of {POOLINGS}, got {pooling!r} (resolve 'auto' first)")
+    head = build_head(encoder.feature_dim(pooling), num_classes, norm=config.head_norm,
+                      init_std=config.head_init_std, seed=config.seed)
     if config.frozen_encoder:
-        probe = LinearProbe(encoder, head)
+        probe = LinearProbe(encoder, head, pooling)
         probe.head_drop.p = config.head_dropout
         return probe
     classifier = ViTClassifier(encoder, num_classes, head_dropout=config.head_dropout)
@@ -533,14 +565,48 @@ def _batched(fn, inputs: Tensor, batch_size: int, device: torch.device, precisio
 
 
 def extract_features(encoder: ViTEncoder, images: Tensor, *, batch_size: int = 256,
-                     device: torch.device | str = "cpu", precision: str = "fp32") -> Tensor:
-    """CLS features of uint8 images (N, C, H, W): (N, D) float32, in eval mode, without gradients."""
+                     device: torch.device | str = "cpu", precision: str = "fp32", pooling: str = "cls") -> Tensor:
+    """Features of uint8 images (N, C, H, W) by ``pooling`` (default the CLS token): (N, F)
+    float32, in eval mode, without gradients."""
+    return extract_pooled(encoder, images, (pooling,), batch_size=batch_size, device=device,
+                          precision=precision)[pooling]
+
+
+def extract_pooled(encoder: ViTEncoder, images: Tensor, poolings=POOLINGS, *, batch_size: int = 256,
+                   device: torch.device | str = "cpu", precision: str = "fp32") -> dict[str, Tensor]:
+    """Every pooling of ``poolings`` from one forward pass per batch: {pooling: (N, F) float32}."""
+    poolings = tuple(poolings)
     was_training = encoder.training
     encoder.eval()
-    feats = _batched(lambda x: encoder.cls_features(normalize(x.float() / 255)), images, batch_size,
-                     torch.device(device), precision)
+    joined = _batched(lambda x: torch.cat([pool_tokens(t, p) for t in [encoder.forward_features(
+        normalize(x.float() / 255))] for p in poolings], dim=1), images, batch_size, torch.device(device), precision)
     encoder.train(was_training)
-    return feats
+    widths = [encoder.feature_dim(p) for p in poolings]
+    return dict(zip(poolings, joined.split(widths, dim=1)))
+
+
+def choose_pooling(train: dict[str, Tensor], train_labels: Tensor, val: dict[str, Tensor], val_labels: Tensor,
+                   num_classes: int, *, by: str = "linear") -> tuple[str, dict[str, float]]:
+    """The pooling whose features classify the validation part best, and every pooling's score.
+
+    train, val: {pooling: features} of the training and validation parts. by="linear":
+    softmax regression fitted to convergence by L-BFGS (:func:`lowvar_mae.analysis.linear_accuracy`,
+    deterministic); by="knn": :func:`knn_accuracy`. Ties go to the first pooling in order.
+    The test split is never looked at.
+    """
+    from .analysis import LinearConfig, linear_accuracy
+
+    if by not in ("linear", "knn"):
+        raise ValueError(f"by must be 'linear' or 'knn', got {by!r}")
+    scores = {}
+    for pooling in train:
+        if by == "knn":
+            scores[pooling] = knn_accuracy(train[pooling], train_labels, val[pooling], val_labels,
+                                           num_classes=num_classes)
+        else:
+            scores[pooling] = linear_accuracy(train[pooling], train_labels, val[pooling], val_labels, num_classes,
+                                              LinearConfig(weight_decay=1e-4, max_iter=200))["test_accuracy"]
+    return max(scores, key=scores.get), scores
 
 
 def _accuracy_and_loss(fn, inputs: Tensor, labels: Tensor, batch_size: int, device: torch.device,
@@ -613,22 +679,29 @@ def _best_dir(run_dir: Path) -> Path:
 
 def fit_classifier(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, run_dir: str | os.PathLike, *,
                    device: torch.device | str = "cpu", dist: Distributed = Distributed(), progress: bool = True,
-                   stop_after: int | None = None) -> EvalResult:
+                   stop_after: int | None = None, pooling: str | None = None,
+                   features: dict[str, Tensor] | None = None) -> EvalResult:
     """Fine-tune or linearly probe ``encoder`` on ``splits`` in ``run_dir`` with the shared loop.
 
     Per epoch the validation accuracy is measured; the best epoch's weights (first best on
     ties) go to ``run_dir/best/``. At the end the test split is evaluated twice: with the
     final weights (``value``) and with the best validation epoch's (``test_at_best``).
+
+    pooling: the probe's features when ``config.features`` is "auto" (chosen by the caller);
+    features: {"train", "val", "test": features of that pooling}, already extracted (the
+    feature-cache path then skips the encoder).
     """
     run_dir, dev = Path(run_dir), torch.device(device)
     precision = resolve_precision(dev, config.precision)
     attention = resolve_attention(dev, precision, config.attention)
-    classifier = build_classifier(set_attention(encoder, attention), splits.num_classes, config).to(dev)
+    pooling = pooling or config.features
+    classifier = build_classifier(set_attention(encoder, attention), splits.num_classes, config, pooling).to(dev)
     eb = config.eval_batch_size
 
     if config.uses_feature_cache:
-        feats = {name: extract_features(classifier.encoder, getattr(splits, f"{name}_images"), batch_size=eb,
-                                        device=dev, precision=precision) for name in ("train", "val", "test")}
+        feats = features or {name: extract_features(classifier.encoder, getattr(splits, f"{name}_images"),
+                                                    batch_size=eb, device=dev, precision=precision, pooling=pooling)
+                             for name in ("train", "val", "test")}
         data = DeviceData(feats["train"], splits.train_labels, config.batch_size, dist=dist)
         trained: nn.Module = classifier.head
         inputs = {"val": feats["val"], "test": feats["test"]}
@@ -700,26 +773,31 @@ def fit_classifier(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, 
                "best_epoch": best["epoch"], "final_val_value": metrics[-1]["val_accuracy"],
                "train_seconds": sum(m["seconds"] for m in metrics), "epochs": config.epochs,
                "precision": precision, "attention": attention, "feature_cache": config.uses_feature_cache,
-               **splits.sizes}
+               "features": pooling, **splits.sizes}
     return EvalResult(run_dir, config, summary, metrics, trained_now=True, model=classifier)
 
 
 def knn_probe(config: KNNConfig, encoder: ViTEncoder, splits: Splits, *, device: torch.device | str = "cpu") -> dict:
-    """kNN accuracy of frozen CLS features: the training part is the bank, validation and
-    test rows are classified against it. Returns the summary fields."""
+    """kNN accuracy of frozen features (``config.features``; "auto": the pooling with the best
+    validation accuracy): the training part is the bank, validation and test rows are
+    classified against it. Returns the summary fields."""
     dev = torch.device(device)
     precision = resolve_precision(dev, config.precision)
     attention = resolve_attention(dev, precision, config.attention)
     encoder = set_attention(encoder, attention).to(dev)
-    feats = {name: extract_features(encoder, getattr(splits, f"{name}_images"), batch_size=config.eval_batch_size,
-                                    device=dev, precision=precision) for name in ("train", "val", "test")}
+    poolings = POOLINGS if config.features == "auto" else (config.features,)
+    feats = {name: extract_pooled(encoder, getattr(splits, f"{name}_images"), poolings,
+                                  batch_size=config.eval_batch_size, device=dev, precision=precision)
+             for name in ("train", "val", "test")}
     kw = dict(k=config.k, T=config.temperature, num_classes=splits.num_classes)
-    val = knn_accuracy(feats["train"], splits.train_labels, feats["val"], splits.val_labels, **kw)
-    test = knn_accuracy(feats["train"], splits.train_labels, feats["test"], splits.test_labels, **kw)
-    # Nothing is chosen on validation, so the "best" numbers are the final ones.
-    return {"metric": "knn", "value": test, "best_val_value": val, "test_at_best": test, "best_epoch": None,
-            "final_val_value": val, "train_seconds": 0.0, "precision": precision, "attention": attention,
-            **splits.sizes}
+    vals = {p: knn_accuracy(feats["train"][p], splits.train_labels, feats["val"][p], splits.val_labels, **kw)
+            for p in poolings}
+    pooling = max(vals, key=vals.get)
+    test = knn_accuracy(feats["train"][pooling], splits.train_labels, feats["test"][pooling], splits.test_labels, **kw)
+    # The only choice (the pooling) is made on validation, so the "best" numbers are the final ones.
+    return {"metric": "knn", "value": test, "best_val_value": vals[pooling], "test_at_best": test, "best_epoch": None,
+            "final_val_value": vals[pooling], "train_seconds": 0.0, "precision": precision, "attention": attention,
+            "features": pooling, "features_val": vals, **splits.sizes}
 
 
 # ---------------------------------------------------------------- runs and records
@@ -736,7 +814,8 @@ def _record_fields(config: FinetuneConfig | KNNConfig, summary: dict, run_dir: P
     return fields_
 
 
-def _has_record(run_name: str, metric: str, results_root) -> bool:
+def has_record(run_name: str, metric: str, results_root=None) -> bool:
+    """Whether a record of evaluation run ``run_name`` and ``metric`` is under ``results_root``."""
     folder = results_dir(results_root) / RECORD_KIND
     for path in folder.glob("*.json"):
         rec = json.loads(path.read_text())
@@ -768,7 +847,7 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         result = EvalResult(run_dir, config, summary, read_metrics(run_dir), trained_now=False)
-        if record and dist.is_main and not _has_record(config.run_name, config.metric, results_root):
+        if record and dist.is_main and not has_record(config.run_name, config.metric, results_root):
             result.record = write_record(RECORD_KIND, _record_fields(config, summary, run_dir),
                                          device=summary.get("device"), root=results_root)
         return result
@@ -784,7 +863,12 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
             if getattr(config, name) != value:
                 raise ValueError(f"config says {name}={getattr(config, name)!r}, "
                                  f"pretraining run {config.pretrain_run} has {value!r}")
-        pretrain_info = {"pretrain_recipe": raw.get("recipe"), "pretrain_epochs": raw.get("epochs")}
+        done = json.loads((runs_dir(root) / config.pretrain_run / "summary.json").read_text())
+        pretrain_info = {"pretrain_recipe": raw.get("recipe"), "pretrain_epochs": raw.get("epochs"),
+                         "pretrain_seconds": done.get("train_seconds"),
+                         "pretrain_images_per_s": done.get("images_per_s"),
+                         "pretrain_final_loss": done.get("final_loss"),
+                         "pretrain_probe_curve": done.get("probe_curve", [])}
     encoder = encoder.to(dev)
     splits = load_splits(config.dataset, n_train=config.n_train, n_test=config.n_test,
                          val_fraction=config.val_fraction, seed=config.seed, device=dev)
@@ -798,10 +882,12 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
     if isinstance(config, KNNConfig):
         result = EvalResult(run_dir, config, knn_probe(config, encoder, splits, device=dev), model=encoder)
     else:
+        pooling, features, chosen = _resolve_pooling(config, encoder, splits, dev)
         result = fit_classifier(config, encoder, splits, run_dir, device=dev, dist=dist, progress=progress,
-                                stop_after=stop_after)
+                                stop_after=stop_after, pooling=pooling, features=features)
         if not result.summary:
             return result
+        result.summary.update(chosen)
     result.summary.update(pretrain_info, wall_seconds=time.perf_counter() - start, device=str(dev))
     if dist.is_main:
         atomic_write_json(summary_file, result.summary)
@@ -809,6 +895,22 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
             result.record = write_record(RECORD_KIND, _record_fields(config, result.summary, run_dir),
                                          device=str(dev), root=results_root)
     return result
+
+
+def _resolve_pooling(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, dev: torch.device):
+    """(pooling, features of it for the feature cache or None, record fields) for ``config``:
+    with features="auto", every pooling is extracted once and :func:`choose_pooling` picks one
+    on the validation part."""
+    if config.features != "auto":
+        return config.features, None, {}
+    precision = resolve_precision(dev, config.precision)
+    set_attention(encoder, resolve_attention(dev, precision, config.attention))
+    feats = {name: extract_pooled(encoder, getattr(splits, f"{name}_images"), batch_size=config.eval_batch_size,
+                                  device=dev, precision=precision) for name in ("train", "val", "test")}
+    pooling, scores = choose_pooling(feats["train"], splits.train_labels, feats["val"], splits.val_labels,
+                                     splits.num_classes)
+    chosen = {name: feats[name][pooling] for name in feats} if config.uses_feature_cache else None
+    return pooling, chosen, {"features_val": scores, "features_chosen_by": "L-BFGS softmax regression, validation"}
 
 
 def training_curves(results: list[EvalResult], metric: str) -> dict:

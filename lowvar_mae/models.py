@@ -151,6 +151,13 @@ PRESETS: dict[str, MAEConfig] = {
     "small-stl": MAEConfig(
         img_size=96, patch_size=12, embed_dim=128, depth=4, num_heads=4,
         decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, pos_embed="learned"),
+    # The CPU protocol's model (recipe "cpu"): the ViT-Tiny width and heads on 64 patches
+    # of 4x4, half the encoder depth and a 2-block decoder of the encoder's width,
+    # about 3.6 M parameters. Sized so that pretraining on all 50,000 CIFAR-10 images
+    # fits the recipe's budget on a 2-core CPU (see lowvar_mae.pretrain.RECIPES).
+    "cpu-cifar": MAEConfig(
+        img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, qkv_bias=False,
+        decoder_depth=2, decoder_num_heads=3, mask_ratio=0.75, pos_embed="learned"),
     # For tests: 16 patches, 4 kept at mask_ratio 0.75.
     "micro": MAEConfig(
         img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
@@ -322,6 +329,35 @@ class ViTEncoder(nn.Module):
     def cls_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (N, C, H, W) -> CLS token of the whole image, (N, D)."""
         return self.forward_features(imgs)[:, 0]
+
+    def pooled_features(self, imgs: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
+        """imgs: (N, C, H, W) -> features of the whole image by :func:`pool_tokens`."""
+        return pool_tokens(self.forward_features(imgs), pooling)
+
+    def feature_dim(self, pooling: str = "cls") -> int:
+        """Width of :meth:`pooled_features` for ``pooling``."""
+        check_pooling(pooling)
+        return 2 * self.embed_dim if pooling == "cls+mean" else self.embed_dim
+
+
+# How a whole image's tokens become one feature vector for probing: the CLS token (as in
+# MAE's probes), the mean of the patch tokens, or both side by side.
+POOLINGS = ("cls", "mean", "cls+mean")
+
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return pooling
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """tokens: (N, 1 + L, D), CLS first -> (N, D) ("cls", "mean") or (N, 2 D) ("cls+mean")."""
+    check_pooling(pooling)
+    if pooling == "cls":
+        return tokens[:, 0]
+    mean = tokens[:, 1:].mean(1)
+    return mean if pooling == "mean" else torch.cat([tokens[:, 0], mean], dim=1)
 
 
 class MAE(nn.Module):

@@ -1,0 +1,182 @@
+"""The Table 1 grid: every (dataset, target, seed, probe) cell of one recipe, one cell at a time.
+
+A cell is one evaluation record: a probe (``finetune``, ``linprobe`` or ``knn``) of the
+encoder pretrained on ``target`` with ``seed`` (or of the random encoder, target
+``"none"``). The runner
+
+* checks every name before anything trains (unknown targets, probes, recipes or
+  datasets fail at once, naming the allowed values);
+* skips cells whose record exists under the results folder, so a grid fills over several
+  interrupted runs and sessions; runs with :func:`missing` to see what is left;
+* pretrains each (dataset, target, seed) once and writes each record as its cell finishes;
+* refuses to write records from a checkout with uncommitted changes (the record's git
+  revision would not say what code made it) unless told otherwise;
+* stops cleanly between cells when the file ``<runs>/grid.stop`` exists.
+
+Two cores run one torch job well and two badly (a second job on the same two cores
+slowed pretraining about tenfold when measured): run the grid on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import DATASETS
+from .evaluate import METRICS, NO_TARGET, RECIPES as EVAL_RECIPES, evaluate, has_record, make_eval_config
+from .pretrain import RECIPES as PRETRAIN_RECIPES, make_config, pretrain
+from .provenance import device_info, git_revision, runs_dir
+from .targets import parse_target
+
+STOP_FILE = "grid.stop"
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    target: str   # a pretraining target, or "none" (no pretraining)
+    seed: int
+    metric: str   # finetune | linprobe | knn
+    recipe: str   # pretraining and evaluation recipe
+
+    def __str__(self) -> str:
+        return f"{self.dataset} {self.target} seed {self.seed} {self.metric} ({self.recipe})"
+
+
+def plan(datasets: Iterable[str], targets: Iterable[str], seeds: Iterable[int], probes: Iterable[str],
+         recipe: str) -> list[Cell]:
+    """Every cell, seed-major (all targets of seed 0 first), after checking every name."""
+    datasets, targets, seeds, probes = list(datasets), list(targets), list(seeds), list(probes)
+    if recipe not in PRETRAIN_RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(PRETRAIN_RECIPES)}")
+    for name in datasets:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        make_config(recipe, name)  # the recipe has a model for the dataset's image size
+    for target in targets:
+        if target != NO_TARGET:
+            try:
+                parse_target(target)
+            except ValueError as err:
+                raise ValueError(f"{err} (or {NO_TARGET!r}: no pretraining)") from None
+    for probe in probes:
+        if probe not in METRICS:
+            raise ValueError(f"unknown probe {probe!r}; known: {list(METRICS)}")
+        if recipe not in EVAL_RECIPES[probe]:
+            raise ValueError(f"probe {probe!r} has no recipe {recipe!r}; known: {sorted(EVAL_RECIPES[probe])}")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seeds must be integers >= 0, got {seed!r}")
+    if not (datasets and targets and seeds and probes):
+        raise ValueError("the grid is empty: give at least one dataset, target, seed and probe")
+    return [Cell(d, str(parse_target(t)) if t != NO_TARGET else t, s, p, recipe)
+            for d in datasets for s in seeds for t in targets for p in probes]
+
+
+def pretrain_config(cell: Cell):
+    """The cell's pretraining config, or None for target "none"."""
+    if cell.target == NO_TARGET:
+        return None
+    return make_config(cell.recipe, cell.dataset, cell.target, seed=cell.seed)
+
+
+def eval_config(cell: Cell):
+    source = pretrain_config(cell)
+    model = make_config(cell.recipe, cell.dataset).model
+    return make_eval_config(cell.metric, cell.recipe, source, dataset=cell.dataset, model=model, seed=cell.seed)
+
+
+def missing(cells: Iterable[Cell], results_root=None) -> list[Cell]:
+    """The cells with no record under the results folder (default $LOWVAR_MAE_RESULTS or results/)."""
+    return [c for c in cells if not has_record(eval_config(c).run_name, c.metric, results_root)]
+
+
+def estimate_seconds(cells: Iterable[Cell], records) -> dict[Cell, tuple[float | None, str]]:
+    """Estimated seconds per cell, and where the estimate comes from.
+
+    From eval records (``load_records("eval")``) of the same dataset, recipe, probe and
+    model: the median of their evaluation wall time plus (for a pretrained target, once
+    per (dataset, target, seed)) the median pretraining time. Records of this machine
+    (same device name) are used when there are any, else those of other machines (named).
+    """
+    here = device_info()["device_name"]
+    out: dict[Cell, tuple[float | None, str]] = {}
+    pretrained: set[tuple] = set()
+    for cell in cells:
+        if records is None or not len(records):
+            out[cell] = (None, "no records yet")
+            continue
+        model = make_config(cell.recipe, cell.dataset).model
+        same = records[(records["dataset"] == cell.dataset) & (records["recipe"] == cell.recipe)
+                       & (records["metric"] == cell.metric) & (records["model"] == model)]
+        local = same[same["device_name"] == here] if "device_name" in same else same.iloc[:0]
+        use, source = (local, "this machine") if len(local) else (same, "other machines")
+        if not len(use):
+            out[cell] = (None, "no records of this recipe and probe yet")
+            continue
+        if source == "other machines":
+            source = ", ".join(sorted(set(use["device_name"].dropna())))
+        seconds = float(use["wall_seconds"].median())
+        key = (cell.dataset, cell.target, cell.seed)
+        if cell.target != NO_TARGET and key not in pretrained:
+            pretrained.add(key)
+            pre = use[use["target"] != NO_TARGET].get("pretrain_seconds")
+            if pre is not None and pre.notna().any():
+                seconds += float(pre.dropna().median())
+        out[cell] = (seconds, source)
+    return out
+
+
+def describe_missing(cells: list[Cell], results_root=None) -> str:
+    """A table of the missing cells with their estimated time, and the total."""
+    from .results import load_records
+
+    todo = missing(cells, results_root)
+    if not todo:
+        return f"all {len(cells)} cells have records"
+    estimates = estimate_seconds(todo, load_records("eval", results_root))
+    lines = [f"{len(todo)} of {len(cells)} cells have no record (estimates for {device_info()['device_name']}):"]
+    for cell in todo:
+        seconds, source = estimates[cell]
+        when = f"{seconds / 60:5.1f} min" if seconds is not None else "    ? min"
+        lines.append(f"  {when}  {cell}  [{source}]")
+    known = [s for s, _ in estimates.values() if s is not None]
+    lines.append(f"total: {sum(known) / 60:.0f} min for the {len(known)} cells with an estimate")
+    return "\n".join(lines)
+
+
+def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root=None, allow_dirty: bool = False,
+             progress: bool = False, log=print) -> list[Path]:
+    """Run every missing cell (pretraining each encoder once); returns the records written.
+
+    allow_dirty: write records from a checkout with uncommitted changes (their git revision
+    then ends in "-dirty"). Stops between cells when ``<runs>/grid.stop`` exists.
+    """
+    revision = git_revision()
+    if revision.endswith("-dirty") and not allow_dirty:
+        raise RuntimeError(f"the checkout has uncommitted changes ({revision}): commit them first, so that the "
+                           "records name the code that made them, or pass allow_dirty=True (--allow-dirty)")
+    todo = missing(cells, results_root)
+    log(f"grid: {len(todo)} of {len(cells)} cells to run at {revision}")
+    stop = runs_dir(root) / STOP_FILE
+    written = []
+    for i, cell in enumerate(todo):
+        if stop.exists():
+            log(f"grid: {stop} exists, stopping before {cell}")
+            break
+        start = time.perf_counter()
+        source = pretrain_config(cell)
+        if source is not None:
+            pretrain(source, root=root, device=device, progress=progress)
+        result = evaluate(eval_config(cell), root=root, results_root=results_root, device=device, progress=progress)
+        if result.record is not None:
+            written.append(result.record)
+        log(f"grid: [{i + 1}/{len(todo)}] {cell}: {result.value:.4f} in {(time.perf_counter() - start) / 60:.1f} min"
+            f" -> {result.record}")
+    return written
+
+
+__all__ = ["Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
+           "run_grid", "STOP_FILE"]
