@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from . import evaluate as ev
 from .data import DATASETS
 from .evaluate import METRICS, NO_TARGET, RECIPES as EVAL_RECIPES, evaluate, has_record, make_eval_config
 from .pretrain import RECIPES as PRETRAIN_RECIPES, make_config, pretrain
@@ -40,14 +41,21 @@ class Cell:
     seed: int
     metric: str   # finetune | linprobe | knn
     recipe: str   # pretraining and evaluation recipe
+    pretrain_overrides: tuple = ()  # (field, value) pairs over the pretraining recipe
+    eval_overrides: tuple = ()      # (field, value) pairs over the evaluation recipe
 
     def __str__(self) -> str:
-        return f"{self.dataset} {self.target} seed {self.seed} {self.metric} ({self.recipe})"
+        extra = ", ".join(f"{k}={v}" for k, v in self.pretrain_overrides + self.eval_overrides)
+        return f"{self.dataset} {self.target} seed {self.seed} {self.metric} ({self.recipe}{', ' if extra else ''}{extra})"
 
 
 def plan(datasets: Iterable[str], targets: Iterable[str], seeds: Iterable[int], probes: Iterable[str],
-         recipe: str) -> list[Cell]:
-    """Every cell, seed-major (all targets of seed 0 first), after checking every name."""
+         recipe: str, *, pretrain_overrides: dict | None = None, eval_overrides: dict | None = None) -> list[Cell]:
+    """Every cell, seed-major (all targets of seed 0 first), after checking every name.
+
+    pretrain_overrides, eval_overrides: fields over the recipes' values in every cell (a
+    smaller run for a test, another model); they change the run names, so such cells never
+    stand for the recipe's own."""
     datasets, targets, seeds, probes = list(datasets), list(targets), list(seeds), list(probes)
     if recipe not in PRETRAIN_RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(PRETRAIN_RECIPES)}")
@@ -71,21 +79,35 @@ def plan(datasets: Iterable[str], targets: Iterable[str], seeds: Iterable[int], 
             raise ValueError(f"seeds must be integers >= 0, got {seed!r}")
     if not (datasets and targets and seeds and probes):
         raise ValueError("the grid is empty: give at least one dataset, target, seed and probe")
-    return [Cell(d, str(parse_target(t)) if t != NO_TARGET else t, s, p, recipe)
-            for d in datasets for s in seeds for t in targets for p in probes]
+    pre, ev = tuple(sorted((pretrain_overrides or {}).items())), tuple(sorted((eval_overrides or {}).items()))
+    cells = [Cell(d, str(parse_target(t)) if t != NO_TARGET else t, s, p, recipe, pre, ev)
+             for d in datasets for s in seeds for t in targets for p in probes]
+    for cell in cells[:len(targets) * len(probes)]:  # every config of one seed is valid
+        eval_config(cell)
+    return cells
 
 
 def pretrain_config(cell: Cell):
     """The cell's pretraining config, or None for target "none"."""
     if cell.target == NO_TARGET:
         return None
-    return make_config(cell.recipe, cell.dataset, cell.target, seed=cell.seed)
+    return make_config(cell.recipe, cell.dataset, cell.target, **dict(cell.pretrain_overrides), seed=cell.seed)
+
+
+def _model(cell: Cell) -> str:
+    return make_config(cell.recipe, cell.dataset, **dict(cell.pretrain_overrides)).model
 
 
 def eval_config(cell: Cell):
+    """The cell's evaluation config (on its pretraining run, or on the random encoder)."""
     source = pretrain_config(cell)
-    model = make_config(cell.recipe, cell.dataset).model
-    return make_eval_config(cell.metric, cell.recipe, source, dataset=cell.dataset, model=model, seed=cell.seed)
+    kind = ev.KNNConfig if cell.metric == "knn" else ev.FinetuneConfig
+    names = {f.name for f in fields(kind)}
+    overrides = {k: v for k, v in cell.eval_overrides if k in names}  # e.g. batch_size: not for kNN
+    if source is None:  # the random encoder sees the images pretraining would have seen
+        overrides.setdefault("n_train", dict(cell.pretrain_overrides).get("n_train"))
+    return make_eval_config(cell.metric, cell.recipe, source, dataset=cell.dataset, model=_model(cell),
+                            **overrides, seed=cell.seed)
 
 
 def missing(cells: Iterable[Cell], results_root=None) -> list[Cell]:
@@ -108,7 +130,7 @@ def estimate_seconds(cells: Iterable[Cell], records) -> dict[Cell, tuple[float |
         if records is None or not len(records):
             out[cell] = (None, "no records yet")
             continue
-        model = make_config(cell.recipe, cell.dataset).model
+        model = _model(cell)
         same = records[(records["dataset"] == cell.dataset) & (records["recipe"] == cell.recipe)
                        & (records["metric"] == cell.metric) & (records["model"] == model)]
         local = same[same["device_name"] == here] if "device_name" in same else same.iloc[:0]

@@ -236,7 +236,8 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
     hooks = list(epoch_hooks or ())
     if config.probe_every:
         probe = validation_probe(images, train.labels, seed=config.seed, device=dev, precision=precision)
-        hooks.append(lambda m, epoch: {"probe_val": probe(m.encoder)} if epoch % config.probe_every == 0 else {})
+        hooks.append(lambda m, epoch: {"probe_val": probe(m.encoder)}
+                     if epoch % config.probe_every == 0 or epoch == config.epochs else {})
         first = run_dir / "probe-epoch0.json"
         if dist.is_main and latest_checkpoint(run_dir) is None and not first.is_file():
             atomic_write_json(first, {"epoch": 0, "probe_val": probe(unwrap(model).encoder)})
