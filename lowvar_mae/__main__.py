@@ -95,6 +95,21 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    """Softmax regression on raw pixels, the bar the probes of pretrained encoders must clear."""
+    from .evaluate import pixel_linear_probe
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for seed in args.seeds:
+        rec = pixel_linear_probe(args.dataset, seed=seed, device=args.device)
+        print(f"{args.dataset} raw pixels, seed {seed}: test {rec['value']:.4f} (validation {rec['val_value']:.4f}, "
+              f"weight decay {rec['weight_decay']:g}, {rec['iterations']} L-BFGS iterations) -> {rec['record']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowvar-mae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_grid)
 
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p = sub.add_parser("baseline", help="softmax regression on raw pixels (the probes' bar), one record per seed")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_baseline)
+
     args = parser.parse_args(argv)
     if args.debug:
         return args.func(args)

@@ -913,6 +913,55 @@ def _resolve_pooling(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits
     return pooling, chosen, {"features_val": scores, "features_chosen_by": "L-BFGS softmax regression, validation"}
 
 
+BASELINE_KIND = "baseline"
+PIXEL_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = None, n_test: int | None = None,
+                       val_fraction: float = 0.1, weight_decays=PIXEL_WEIGHT_DECAYS, max_iter: int = 300,
+                       device: str | None = "auto", results_root=None, record: bool = True) -> dict:
+    """The bar a pretrained encoder's linear probe must clear: softmax regression on raw pixels.
+
+    The same training / validation / test images as the probes (:func:`load_splits` with
+    ``seed``); pixels standardised on the training part; the L2 penalty chosen on the
+    validation part among ``weight_decays``; fitted by full-batch L-BFGS to convergence
+    (at most ``max_iter`` iterations; the record says how many ran); the test split
+    scored once, with the chosen penalty. Writes a record of kind "baseline" unless one of
+    the same setting exists (then that record's fields are returned).
+    """
+    from .analysis import LinearConfig, linear_accuracy
+
+    setting = {"dataset": dataset, "target": "raw-pixels", "metric": "linear", "seed": seed, "n_train_subset": n_train,
+               "n_test_subset": n_test, "val_fraction": val_fraction, "weight_decays": list(weight_decays),
+               "max_iter": max_iter}
+    if record:
+        for path in sorted((results_dir(results_root) / BASELINE_KIND).glob("*.json")):
+            rec = json.loads(path.read_text())
+            if all(rec.get(k) == v for k, v in setting.items()):
+                return {**rec, "record": str(path)}
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    splits = load_splits(dataset, n_train=n_train, n_test=n_test, val_fraction=val_fraction, seed=seed, device=dev)
+    flat = {name: getattr(splits, f"{name}_images").flatten(1).float() / 255 for name in ("train", "val", "test")}
+    fits = {}
+    for wd in weight_decays:
+        cfg = LinearConfig(weight_decay=wd, max_iter=max_iter)
+        fits[wd] = linear_accuracy(flat["train"], splits.train_labels, flat["val"], splits.val_labels,
+                                   splits.num_classes, cfg)
+    chosen = max(weight_decays, key=lambda wd: fits[wd]["test_accuracy"])
+    final = linear_accuracy(flat["train"], splits.train_labels, flat["test"], splits.test_labels, splits.num_classes,
+                            LinearConfig(weight_decay=chosen, max_iter=max_iter))
+    fields_ = {**setting, "recipe": "pixels-linear", "value": final["test_accuracy"],
+               "val_value": fits[chosen]["test_accuracy"], "weight_decay": chosen,
+               "val_by_weight_decay": {str(wd): fits[wd]["test_accuracy"] for wd in weight_decays},
+               "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
+               "iterations": final["iterations"], "converged": final["iterations"] < max_iter,
+               "wall_seconds": time.perf_counter() - start, "device": str(dev), **splits.sizes}
+    if record:
+        fields_["record"] = str(write_record(BASELINE_KIND, fields_, device=str(dev), root=results_root))
+    return fields_
+
+
 def training_curves(results: list[EvalResult], metric: str) -> dict:
     """Each ``metric`` run's metrics.jsonl as a DataFrame, named "<target label>, seed <s>"
     (the input of :func:`lowvar_mae.plots.plot_curves`)."""

@@ -1,0 +1,109 @@
+"""Presenting records: Table 1 with spread, paired differences with t intervals, calibration curves."""
+
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from lowvar_mae import report
+from lowvar_mae.evaluate import pixel_linear_probe
+
+matplotlib.use("Agg")
+
+
+def records(values: dict[tuple[str, str], list[float]], **extra):
+    rows = []
+    for (target, metric), vals in values.items():
+        for seed, v in enumerate(vals):
+            rows.append({"dataset": "cifar10", "recipe": "cpu", "target": target, "metric": metric, "seed": seed,
+                         "value": v, "run": f"{metric}-{target}-s{seed}", "model": "cpu-cifar",
+                         "pretrain_epochs": None if target == "none" else 6, "n_train": 45000, "n_test": 10000,
+                         "device_name": "CPU (AVX512, native bf16, 2 cores)", "time_utc": f"2026-12-03T00:00:{seed:02d}",
+                         **extra})
+    return pd.DataFrame(rows)
+
+
+def test_t_interval_matches_scipy():
+    x = [0.012, -0.004, 0.020]
+    mean, low, high = report.t_interval(x)
+    expect_low, expect_high = stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))
+    assert mean == pytest.approx(np.mean(x))
+    assert (low, high) == pytest.approx((expect_low, expect_high))
+    m, lo, hi = report.t_interval([0.5])
+    assert m == 0.5 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_paired_differences_pair_by_seed():
+    # Seeds differ a lot from each other but the target is 0.02 above pixels on every seed:
+    # paired, the difference is clear; unpaired, the spread would hide it.
+    df = records({("pixels", "linprobe"): [0.50, 0.60, 0.55], ("pca-bottom:0.25", "linprobe"): [0.52, 0.62, 0.57],
+                  ("none", "linprobe"): [0.41, 0.70, 0.40]})
+    diffs = report.paired_differences(df).set_index("target")
+    bottom = diffs.loc["pca-bottom:0.25"]
+    assert bottom["n"] == 3 and bottom["differences"] == pytest.approx([0.02, 0.02, 0.02])
+    assert bottom["low"] == pytest.approx(0.02) and bottom["verdict"].startswith("higher")
+    none = diffs.loc["none"]
+    assert none["mean"] == pytest.approx(np.mean([-0.09, 0.10, -0.15]))
+    assert none["low"] < 0 < none["high"] and none["verdict"].startswith("no difference shown")
+
+
+def test_paired_differences_use_only_shared_seeds():
+    df = records({("pixels", "knn"): [0.5, 0.6], ("pca-top:0.75", "knn"): [0.4, 0.5, 0.9]})
+    row = report.paired_differences(df).iloc[0]
+    assert row["n"] == 2 and row["differences"] == pytest.approx([-0.1, -0.1])
+    assert row["verdict"].startswith("lower")
+    one = report.paired_differences(df[df["seed"] == 0]).iloc[0]
+    assert one["verdict"].startswith("one seed only")
+
+
+def test_summary_table_spread_reference_and_setup():
+    df = records({("pixels", "linprobe"): [0.50, 0.54], ("none", "linprobe"): [0.41],
+                  ("pca-bottom:0.25", "knn"): [0.3, 0.32, 0.34]})
+    table = report.summary_table(df)
+    assert list(table["target"]) == ["pixels", "none", "pca-bottom:0.25"]  # presentation's order
+    pix = table.iloc[0]
+    assert pix["mean"] == pytest.approx(0.52) and pix["std"] == pytest.approx(np.std([0.5, 0.54], ddof=1))
+    assert pix["n"] == 2 and pix["seeds"] == "0,1" and pix["original"] == pytest.approx(0.615)
+    assert pix["pretrain_epochs"] == "6" and pix["machines"].startswith("CPU")
+    assert math.isnan(table.iloc[1]["std"]) and table.iloc[1]["pretrain_epochs"] == "none"
+    assert math.isnan(table.iloc[2]["original"])  # the presentation has no kNN column
+
+
+def test_protocol_records_keep_one_record_per_run():
+    df = records({("pixels", "linprobe"): [0.5, 0.6]})
+    later = df.iloc[[0]].assign(value=0.7, time_utc="2026-12-04T00:00:00")
+    other = df.assign(recipe="quick", run=lambda d: d["run"] + "-q")
+    kept = report.protocol_records(pd.concat([df, later, other]), "cifar10", "cpu")
+    assert len(kept) == 2 and sorted(kept["value"]) == [0.6, 0.7]
+
+
+def test_calibration_curves_and_figures():
+    curve = [{"epoch": 0, "probe_val": {"cls": 0.40, "mean": 0.39}}, {"epoch": 2, "probe_val": {"cls": 0.47, "mean": 0.5}}]
+    df = records({("pixels", "linprobe"): [0.5, 0.6], ("pixels", "knn"): [0.4, 0.45]})
+    df["pretrain_probe_curve"] = [curve, curve, None, None]
+    curves = report.calibration_curves(df)
+    assert len(curves) == 2 * 2 * 2 and set(curves["epoch"]) == {0, 2}
+    fig = report.plot_calibration(curves, bars={"random encoder": 0.4})
+    assert fig.axes[0].get_xlabel() == "pretraining epoch"
+    table = report.summary_table(df)
+    assert len(report.plot_summary(table, chance=0.1).axes) == 1
+    df2 = records({("pixels", "linprobe"): [0.5, 0.6], ("none", "linprobe"): [0.4, 0.45]})
+    assert len(report.plot_differences(report.paired_differences(df2)).axes) == 1
+
+
+def test_pixel_linear_probe_learns_a_linear_rule_and_is_recorded_once(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path))
+    rec = pixel_linear_probe("synthetic", n_train=400, n_test=200, max_iter=50, weight_decays=(1e-3, 1e-1),
+                             device="cpu")
+    assert rec["n_train"] + rec["n_val"] == 400 and rec["n_test"] == 200
+    assert rec["value"] > 0.2  # chance is 0.1: the grating is a linear feature of the pixels
+    assert set(rec["val_by_weight_decay"]) == {"0.001", "0.1"}
+    assert rec["val_value"] == max(rec["val_by_weight_decay"].values())
+    again = pixel_linear_probe("synthetic", n_train=400, n_test=200, max_iter=50, weight_decays=(1e-3, 1e-1),
+                               device="cpu")
+    assert again["record"] == rec["record"] and len(list((tmp_path / "baseline").glob("*.json"))) == 1
