@@ -72,17 +72,12 @@ PRETRAIN_OPTIONS = {
 }
 
 
-GRID_TARGETS = ["pixels", "pca-bottom:0.25", "pca-top:0.75", "none", "norm-pix", "pca-bottom:0.1", "pca-top:0.6"]
-# Probes a grid runs when none are named: the CPU protocol probes; fine-tuning is asked for by name.
-GRID_PROBES = {"cpu": ["linprobe", "knn"]}
-
-
 def cmd_grid(args) -> int:
     """Table 1 cells, one at a time, each record written as it finishes; cells with records are skipped."""
     from . import grid
 
-    probes = args.probes or GRID_PROBES.get(args.recipe, ["finetune", "linprobe", "knn"])
-    cells = grid.plan(args.datasets, args.targets, args.seeds, probes, args.recipe)
+    probes = args.probes or grid.DEFAULT_PROBES.get(args.recipe, list(grid.METRICS))
+    cells = grid.plan(args.datasets, args.targets or grid.DEFAULT_TARGETS, args.seeds, probes, args.recipe)
     if args.missing:
         print(grid.describe_missing(cells))
         return 0
@@ -107,6 +102,15 @@ def cmd_baseline(args) -> int:
         rec = pixel_linear_probe(args.dataset, seed=seed, device=args.device)
         print(f"{args.dataset} raw pixels, seed {seed}: test {rec['value']:.4f} (validation {rec['val_value']:.4f}, "
               f"weight decay {rec['weight_decay']:g}, {rec['iterations']} L-BFGS iterations) -> {rec['record']}")
+    return 0
+
+
+def cmd_shards(args) -> int:
+    from .data import load_dataset, save_shards
+
+    for split in args.splits:
+        for path in save_shards(load_dataset(args.dataset, split), args.out, size=args.size):
+            print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                        "Two cores run one torch job well and two badly: run nothing else beside it. "
                        "Touch <runs>/grid.stop to stop after the current cell.")
     p.add_argument("--datasets", nargs="+", default=["cifar10"])
-    p.add_argument("--targets", nargs="+", default=GRID_TARGETS)
+    p.add_argument("--targets", nargs="+", default=None, help="default: every Table 1 target of CIFAR-10")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--probes", nargs="+", default=None,
                    help="finetune | linprobe | knn (default: linprobe knn for the cpu recipe, all three otherwise)")
@@ -169,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("shards", help="re-save a dataset in parts of 10,000 images (to carry it to another machine)")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="a new data root; point LOWVAR_MAE_DATA at it where the parts land")
+    p.add_argument("--splits", nargs="+", default=["train", "test"])
+    p.add_argument("--size", type=int, default=10_000, help="images per part")
+    p.set_defaults(func=cmd_shards)
 
     args = parser.parse_args(argv)
     if args.debug:

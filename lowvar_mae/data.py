@@ -316,11 +316,12 @@ def _read_npz(
     return images, labels, tuple(str(c) for c in classes), index_start
 
 
-def _write_cache(path: Path, dataset: ImageDataset) -> None:
+def _write_cache(path: Path, dataset: ImageDataset, *, index_start: int = 0, compress: bool = False,
+                 warn: bool = True) -> None:
     """Write ``dataset`` in the cache format, atomically (temp file + os.replace).
 
-    Uncompressed, so later loads cost one read. A folder that cannot be written
-    only gives a warning: the data was loaded.
+    Uncompressed by default, so later loads cost one read. With ``warn``, a folder that
+    cannot be written only gives a warning (the data was loaded); else the error is raised.
     """
     tmp_path = None
     try:
@@ -328,19 +329,44 @@ def _write_cache(path: Path, dataset: ImageDataset) -> None:
             dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp", delete=False
         ) as f:
             tmp_path = Path(f.name)
-            np.savez(
+            (np.savez_compressed if compress else np.savez)(
                 f,
                 x=dataset.images,
                 y=dataset.labels,
                 classes=np.array(dataset.classes, dtype=str),
-                index_start=np.int64(0),
+                index_start=np.int64(index_start),
             )
         os.replace(tmp_path, path)
     except OSError as err:
+        if not warn:
+            raise
         warnings.warn(f"could not write the dataset cache {path}: {_one_line(err)}", stacklevel=3)
     finally:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
+
+
+def save_shards(dataset: ImageDataset, root: str | os.PathLike, size: int = 10_000) -> list[Path]:
+    """Re-save ``dataset`` as parts of at most ``size`` images in the cache format, compressed:
+    ``<root>/<name>/<name>_<split>_<k>.npz`` with their ``index_start``. A data root holding
+    the parts loads as the whole split; a part of CIFAR's 10,000 images is about 28 MB, small
+    enough to carry to another machine a few at a time. Lossless (PNG-like zip), never JPEG.
+    """
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    folder = Path(root).expanduser() / dataset.name
+    folder.mkdir(parents=True, exist_ok=True)
+    single, parts = _cache_paths(folder, dataset.name, dataset.split)
+    if single.is_file() or parts:
+        raise FileExistsError(f"{folder} already holds {dataset.name} {dataset.split} files; choose an empty root")
+    paths = []
+    for k, start in enumerate(range(0, len(dataset), size)):
+        part = ImageDataset(dataset.name, dataset.split, dataset.images[start:start + size],
+                            dataset.labels[start:start + size], dataset.classes)
+        path = folder / f"{dataset.name}_{dataset.split}_{k:02d}.npz"
+        _write_cache(path, part, index_start=start, compress=True, warn=False)
+        paths.append(path)
+    return paths
 
 
 # ------------------------------------------------------------------- official formats

@@ -118,9 +118,11 @@ RECIPES: dict[str, dict[str, dict]] = {
                     label_smoothing=0.0, head_dropout=0.0, head_norm=True, head_init_std=0.01,
                     checkpoint_every=25, features="auto"),
     },
+
     # kNN trains nothing; a recipe only says which features it votes with.
-    "knn": {"quick": {}, "paper": {}, "cpu": dict(features="auto")},
+    "knn": {"quick": {}, "paper": {}, "cpu": dict(features="auto"), "gpu": dict(features="auto")},
 }
+RECIPES["linprobe"]["gpu"] = RECIPES["linprobe"]["cpu"]  # the probe of the GPU protocol is the CPU one
 # Feature choices of the probes: a pooling of lowvar_mae.models.POOLINGS, or "auto" (chosen
 # on the validation split).
 FEATURES = (*POOLINGS, "auto")

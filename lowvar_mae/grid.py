@@ -32,6 +32,10 @@ from .provenance import device_info, git_revision, runs_dir
 from .targets import parse_target
 
 STOP_FILE = "grid.stop"
+# Every Table 1 target of CIFAR-10, the four that answer the question first.
+DEFAULT_TARGETS = ["pixels", "pca-bottom:0.25", "pca-top:0.75", "none", "norm-pix", "pca-bottom:0.1", "pca-top:0.6"]
+# Probes run when none are named: the CPU and GPU protocols probe; fine-tuning is asked for by name.
+DEFAULT_PROBES = {"cpu": ["linprobe", "knn"], "gpu": ["linprobe", "knn"]}
 
 
 @dataclass(frozen=True)
@@ -200,5 +204,5 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
     return written
 
 
-__all__ = ["Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
+__all__ = ["DEFAULT_TARGETS", "DEFAULT_PROBES", "Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
            "run_grid", "STOP_FILE"]

@@ -145,7 +145,7 @@ def calibration_curves(records):
 
 def plot_summary(table, chance: float | None = None, title: str = ""):
     """Bars of mean test accuracy per target for each probe, error bars one std over seeds,
-    every seed's value as a dot, the presentation's values as black marks."""
+    the presentation's values as black marks."""
     import matplotlib.pyplot as plt
 
     targets = _order(table["target"])

@@ -389,3 +389,24 @@ def test_synthetic_class_lives_in_the_low_variance_residual():
     print(f"k={k} top-90% accuracy {top_accuracy:.3f}, residual accuracy {residual_accuracy:.3f}")
     assert top_accuracy < 0.3
     assert residual_accuracy > 0.5
+
+
+def test_shards_reload_as_the_whole_split_and_refuse_a_used_root(tmp_path):
+    from lowvar_mae.data import ImageDataset, save_shards
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(250, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=250)
+    whole = ImageDataset("cifar10", "train", images, labels, tuple(f"c{i}" for i in range(10)))
+    paths = save_shards(whole, tmp_path, size=100)
+    assert [p.name for p in paths] == ["cifar10_train_00.npz", "cifar10_train_01.npz", "cifar10_train_02.npz"]
+    with np.load(paths[2]) as part:
+        assert int(part["index_start"]) == 200 and len(part["x"]) == 50
+    back = load_dataset("cifar10", "train", root=tmp_path, download=False)
+    assert np.array_equal(back.images, images) and np.array_equal(back.labels, labels)
+    assert back.classes == whole.classes
+    with pytest.raises(FileExistsError, match="already holds cifar10 train"):
+        save_shards(whole, tmp_path, size=100)
+    with pytest.raises(ValueError, match="size must be a positive integer"):
+        save_shards(whole, tmp_path / "other", size=0)
+    assert not list(tmp_path.glob("cifar10/.*.tmp"))
