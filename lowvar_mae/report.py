@@ -103,7 +103,8 @@ def paired_differences(records, baseline: str = "pixels", confidence: float = 0.
         rows.append({"target": target, "label": target_label(target), "metric": metric, "n": len(diffs),
                      "differences": diffs, "mean": mean, "low": low, "high": high,
                      "verdict": verdict(mean, low, high, len(diffs))})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["target", "label", "metric", "n", "differences", "mean", "low", "high",
+                                        "verdict"])
     if len(table):
         table["_order"] = [_order(table["target"]).index(t) for t in table["target"]]
         table = table.sort_values(["_order", "metric"], kind="stable").drop(columns="_order").reset_index(drop=True)

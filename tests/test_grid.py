@@ -211,3 +211,23 @@ def test_estimates_prefer_this_machine():
     assert seconds == pytest.approx(999.0 + 9999.0) and source == "another CPU"
     assert grid.estimate_seconds([cell], records.iloc[:0])[cell] == (None, "no records yet")
     assert np.isfinite(seconds)
+
+
+def test_gpu_recipe_runs_end_to_end_at_a_tiny_size_from_shards(tmp_path, dirs, monkeypatch):
+    """The GPU command's path on a CPU: CIFAR-10 carried as shards, the gpu recipe's grid, records."""
+    from lowvar_mae.data import ImageDataset, load_dataset, save_shards
+
+    for split, n in (("train", 120), ("test", 40)):
+        images = load_dataset("synthetic", split).subset(n)
+        save_shards(ImageDataset("cifar10", split, images.images, images.labels, tuple(f"c{i}" for i in range(10))),
+                    tmp_path / "shards", size=50)
+    monkeypatch.setenv("LOWVAR_MAE_DATA", str(tmp_path / "shards"))
+    config = make_config("gpu", "cifar10", "pixels")
+    assert (config.model, config.epochs, config.batch_size) == ("vit-tiny-cifar", 100, 512)
+    cells = grid.plan(["cifar10"], ["pixels"], [0], ["knn"], "gpu", pretrain_overrides=TINY_PRE,
+                      eval_overrides=TINY_EVAL)
+    written = grid.run_grid(cells, allow_dirty=True, log=lambda *_: None)
+    rec = json.loads(written[0].read_text())
+    assert (rec["recipe"], rec["pretrain_recipe"], rec["features"] in POOLINGS) == ("gpu", "gpu", True)
+    assert (rec["n_train"] + rec["n_val"], rec["n_test"]) == (96, 40)
+    assert [c["epoch"] for c in rec["pretrain_probe_curve"]] == [0, 1]  # the last epoch is always probed

@@ -11,7 +11,7 @@ SMALLEST = {
     "00_introduction": {},
     "01_pca_variance_components": {"n_images": 300, "n_eigenimages": 4, "n_examples": 3},
     "02_mae_pretraining": {"epochs": 1, "n_train": 64, "batch_size": 32, "target": "pixels"},
-    "03_evaluation": {"targets": ["pixels", "none"], "seeds": [0], "n_train": 64, "n_test": 50,
+    "03_evaluation": {"run_targets": ["pixels", "none"], "seeds": [0], "n_train": 64, "n_test": 50,
                       "pretrain_epochs": 1, "eval_epochs": 1, "batch_size": 16},
     "04_subspace_classification": {"shares_top": [0.9], "shares_bottom": [0.25], "epochs": 1, "n_train": 128,
                                    "n_fit": 300},
@@ -34,7 +34,7 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
-    first = nb["cells"][0]
+    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
     if SMALLEST[name]:
         assert "parameters" in first["metadata"].get("tags", [])
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
