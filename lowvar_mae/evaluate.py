@@ -779,18 +779,20 @@ def fit_classifier(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, 
     return EvalResult(run_dir, config, summary, metrics, trained_now=True, model=classifier)
 
 
-def knn_probe(config: KNNConfig, encoder: ViTEncoder, splits: Splits, *, device: torch.device | str = "cpu") -> dict:
+def knn_probe(config: KNNConfig, encoder: ViTEncoder, splits: Splits, *, device: torch.device | str = "cpu",
+              features: dict[str, dict[str, Tensor]] | None = None) -> dict:
     """kNN accuracy of frozen features (``config.features``; "auto": the pooling with the best
     validation accuracy): the training part is the bank, validation and test rows are
-    classified against it. Returns the summary fields."""
+    classified against it. features: {"train", "val", "test": {pooling: features}}, already
+    extracted. Returns the summary fields."""
     dev = torch.device(device)
     precision = resolve_precision(dev, config.precision)
     attention = resolve_attention(dev, precision, config.attention)
     encoder = set_attention(encoder, attention).to(dev)
     poolings = POOLINGS if config.features == "auto" else (config.features,)
-    feats = {name: extract_pooled(encoder, getattr(splits, f"{name}_images"), poolings,
-                                  batch_size=config.eval_batch_size, device=dev, precision=precision)
-             for name in ("train", "val", "test")}
+    feats = features or {name: extract_pooled(encoder, getattr(splits, f"{name}_images"), poolings,
+                                              batch_size=config.eval_batch_size, device=dev, precision=precision)
+                         for name in ("train", "val", "test")}
     kw = dict(k=config.k, T=config.temperature, num_classes=splits.num_classes)
     vals = {p: knn_accuracy(feats["train"][p], splits.train_labels, feats["val"][p], splits.val_labels, **kw)
             for p in poolings}
@@ -882,7 +884,9 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
             atomic_write_json(run_dir / "provenance.json",
                               {**provenance(str(dev)), "seed": config.seed, "world_size": dist.world_size})
     if isinstance(config, KNNConfig):
-        result = EvalResult(run_dir, config, knn_probe(config, encoder, splits, device=dev), model=encoder)
+        feats = _pooled_splits(config, encoder, splits, dev) if config.features == "auto" else None
+        result = EvalResult(run_dir, config, knn_probe(config, encoder, splits, device=dev, features=feats),
+                            model=encoder)
     else:
         pooling, features, chosen = _resolve_pooling(config, encoder, splits, dev)
         result = fit_classifier(config, encoder, splits, run_dir, device=dev, dist=dist, progress=progress,
@@ -899,16 +903,37 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
     return result
 
 
+# The pooled features of the last encoder evaluated, shared by its probes (a linear probe and
+# a kNN of one encoder extract them once): {"key": ..., "features": {split: {pooling: (N, F)}}}.
+_FEATURES: dict = {}
+
+
+def _pooled_splits(config: _EvalConfig, encoder: ViTEncoder, splits: Splits, dev: torch.device) -> dict:
+    """Every pooling of the train, val and test parts; reused while the encoder (its pretraining
+    run, or the random weights of model and seed) and the images (dataset, subsets, split seed)
+    and the precision are the same as for the last call."""
+    precision = resolve_precision(dev, config.precision)
+    with torch.no_grad():  # the weights themselves, in case a run of the same name was trained again
+        weights = float(sum(p.double().sum() + p.double().square().sum() for p in encoder.parameters()))
+    key = (config.pretrain_run, config.model, config.dataset, config.n_train, config.n_test, config.val_fraction,
+           config.seed, precision, str(dev), splits.sizes["n_train"], splits.sizes["n_test"], weights)
+    if _FEATURES.get("key") != key:
+        _FEATURES.clear()
+        set_attention(encoder, resolve_attention(dev, precision, config.attention))
+        _FEATURES["features"] = {
+            name: extract_pooled(encoder, getattr(splits, f"{name}_images"), batch_size=config.eval_batch_size,
+                                 device=dev, precision=precision) for name in ("train", "val", "test")}
+        _FEATURES["key"] = key
+    return _FEATURES["features"]
+
+
 def _resolve_pooling(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, dev: torch.device):
     """(pooling, features of it for the feature cache or None, record fields) for ``config``:
     with features="auto", every pooling is extracted once and :func:`choose_pooling` picks one
     on the validation part."""
     if config.features != "auto":
         return config.features, None, {}
-    precision = resolve_precision(dev, config.precision)
-    set_attention(encoder, resolve_attention(dev, precision, config.attention))
-    feats = {name: extract_pooled(encoder, getattr(splits, f"{name}_images"), batch_size=config.eval_batch_size,
-                                  device=dev, precision=precision) for name in ("train", "val", "test")}
+    feats = _pooled_splits(config, encoder, splits, dev)
     pooling, scores = choose_pooling(feats["train"], splits.train_labels, feats["val"], splits.val_labels,
                                      splits.num_classes)
     chosen = {name: feats[name][pooling] for name in feats} if config.uses_feature_cache else None

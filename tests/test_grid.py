@@ -231,3 +231,28 @@ def test_gpu_recipe_runs_end_to_end_at_a_tiny_size_from_shards(tmp_path, dirs, m
     assert (rec["recipe"], rec["pretrain_recipe"], rec["features"] in POOLINGS) == ("gpu", "gpu", True)
     assert (rec["n_train"] + rec["n_val"], rec["n_test"]) == (96, 40)
     assert [c["epoch"] for c in rec["pretrain_probe_curve"]] == [0, 1]  # the last epoch is always probed
+
+
+def test_probes_of_one_encoder_extract_features_once(dirs, monkeypatch):
+    calls = []
+    real = ev.extract_pooled
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "extract_pooled", counting)
+    ev._FEATURES.clear()
+    kw = dict(dataset="synthetic", model="small-cifar", n_train=96, n_test=40)
+    linear = ev.evaluate(ev.make_eval_config("linprobe", "cpu", None, epochs=2, batch_size=32, **kw), progress=False)
+    knn = ev.evaluate(ev.make_eval_config("knn", "cpu", None, **kw), progress=False)
+    assert len(calls) == 3  # train, val, test: once for both probes
+    # the same numbers as a kNN that extracts its own features
+    ev._FEATURES.clear()
+    again = ev.knn_probe(ev.make_eval_config("knn", "cpu", None, **kw), ev.random_encoder("small-cifar", 0),
+                         ev.load_splits("synthetic", n_train=96, n_test=40, val_fraction=0.1, seed=0))
+    assert again["value"] == knn.value and again["features_val"] == knn.summary["features_val"]
+    # another encoder (seed 1) is extracted anew
+    ev.evaluate(ev.make_eval_config("knn", "cpu", None, seed=1, **kw), progress=False)
+    assert len(calls) == 3 + 3 + 3
+    assert linear.summary["features"] in POOLINGS
