@@ -982,7 +982,7 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
                "val_value": fits[chosen]["test_accuracy"], "weight_decay": chosen,
                "val_by_weight_decay": {str(wd): fits[wd]["test_accuracy"] for wd in weight_decays},
                "train_accuracy": final["train_accuracy"], "train_loss": final["train_loss"],
-               "iterations": final["iterations"], "converged": final["iterations"] < max_iter,
+               "iterations": final["iterations"], "grad_max": final["grad_max"], "converged": final["converged"],
                "wall_seconds": time.perf_counter() - start, "device": str(dev), **splits.sizes}
     if record:
         fields_["record"] = str(write_record(BASELINE_KIND, fields_, device=str(dev), root=results_root))

@@ -229,3 +229,35 @@ def test_hook_lands_in_metrics_and_a_run_without_bands_is_retrained(runs):
 
     run, note = analysis.learning_order_run(config, n_eval=8, device="cpu")
     assert not run.trained_now and note == "loaded with band metrics"
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_linear_classifier_agrees_with_scikit_learn(anisotropic):
+    """Same penalised problem, solved independently: scikit-learn's lbfgs LogisticRegression.
+
+    On standardised features our objective is mean cross-entropy + (wd / 2) ||W||^2 with an
+    unpenalised bias; scikit-learn's is C * sum of cross-entropies + ||W||^2 / 2, the same
+    problem for C = 1 / (wd * N). Feature scales spanning four orders of magnitude
+    (anisotropic) are where an unconverged fit shows.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    n, d, k = 600, 12, 3
+    labels = rng.integers(0, k, n)
+    centres = rng.normal(size=(k, d))
+    x = centres[labels] + rng.normal(size=(n, d)) * 1.5
+    if anisotropic:
+        x = x * np.logspace(-2, 2, d)
+    x = (x - x.mean(0)) / x.std(0, ddof=1)  # standardised as linear_accuracy does it: ours is then the identity
+    wd = 1e-2
+    ours = analysis.linear_accuracy(torch.tensor(x[:400], dtype=torch.float32), torch.tensor(labels[:400]),
+                                    torch.tensor(x[400:], dtype=torch.float32), torch.tensor(labels[400:]), k,
+                                    analysis.LinearConfig(weight_decay=wd, max_iter=500))
+    ref = LogisticRegression(C=1 / (wd * 400), tol=1e-10, max_iter=10_000).fit(x[:400], labels[:400])
+    proba = ref.predict_proba(x[:400])
+    ref_loss = float(-np.log(proba[np.arange(400), labels[:400]]).mean())
+    assert ours["train_loss"] == pytest.approx(ref_loss, abs=1e-4)
+    assert ours["train_accuracy"] == pytest.approx(ref.score(x[:400], labels[:400]), abs=1 / 400)
+    assert ours["test_accuracy"] == pytest.approx(ref.score(x[400:], labels[400:]), abs=1 / 200)
+    assert ours["converged"]
