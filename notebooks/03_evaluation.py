@@ -128,6 +128,19 @@ else:
     display(Markdown(f"No records of recipe `{recipe}` on {dataset} yet: run "
                      f"`python -m lowvar_mae grid --recipe {recipe} --datasets {dataset}` (see below)."))
 
+# %% tags=["remove-input"]
+if have:
+    rows = []
+    for machine, group in records.groupby("device_name"):
+        runs = group.dropna(subset=["pretrain_seconds"]).drop_duplicates("pretrain_run")
+        probes_min = {m: g["wall_seconds"].median() / 60 for m, g in group.groupby("metric")}
+        rows.append({"machine": machine, "pretraining runs": len(runs),
+                     "pretraining, min (median)": f"{runs['pretrain_seconds'].median() / 60:.1f}" if len(runs) else "",
+                     **{f"{report.PROBE_LABELS[m]}, min (median)": f"{v:.1f}" for m, v in probes_min.items()}})
+    display(Markdown("**What a cell cost** (wall time from the records; the first cells shared the machine with "
+                     "other work for a few minutes, so these are upper bounds):"))
+    display(pd.DataFrame(rows).style.hide(axis="index"))
+
 # %% [markdown]
 # ## Calibration: does pretraining matter at this budget?
 #

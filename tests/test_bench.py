@@ -32,13 +32,7 @@ def load_bench(name):
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP waits, which dominate on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

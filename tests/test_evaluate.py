@@ -16,20 +16,7 @@ from lowvar_mae.reference import TABLE1
 from lowvar_mae.results import load_records
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine's 2 cores are shared: two threads per process run ~10x slower there.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path / "results"))
-    return tmp_path / "runs", tmp_path / "results"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bright_half(n, seed):

@@ -14,19 +14,7 @@ from lowvar_mae.pretrain import make_config, pretrain, probe_curve
 from lowvar_mae.results import load_records
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path / "results"))
-    return tmp_path / "runs", tmp_path / "results"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A grid small enough for a test: 96 synthetic images, small-cifar, one pretraining epoch.
