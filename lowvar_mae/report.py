@@ -44,7 +44,8 @@ def _order(targets) -> list[str]:
 def summary_table(records):
     """One row per (target, metric): mean, std (ddof 1; NaN for one seed), n, seeds, the
     presentation's value (``original``, NaN where it has none) and the setup of the runs
-    (model, pretraining epochs, training / test images, machines)."""
+    (model, pretraining epochs, training / test images, machines, features probed and how
+    many runs chose each)."""
     import pandas as pd
 
     reference = {(d, t, m): v for d, t, ft, lp in TABLE1 for m, v in (("finetune", ft), ("linprobe", lp))}
@@ -62,6 +63,8 @@ def summary_table(records):
             "pretrain_epochs": ", ".join(map(str, epochs)) if epochs else "none",
             "n_train": int(group["n_train"].iloc[0]), "n_test": int(group["n_test"].iloc[0]),
             "machines": "; ".join(sorted(set(group["device_name"].dropna()))),
+            "features": ", ".join(f"{k} x{v}" for k, v in group["features"].value_counts().items())
+            if "features" in group and group["features"].notna().any() else "cls",
         })
     table = pd.DataFrame(rows)
     if not len(table):

@@ -141,6 +141,31 @@ if have:
                      "other work for a few minutes, so these are upper bounds):"))
     display(pd.DataFrame(rows).style.hide(axis="index"))
 
+# %% tags=["remove-input"]
+bench = [r for r in load_records("bench").to_dict("records") if r.get("kind") == "pretrain_throughput"
+         and any(row.get("preset") == model_name for row in r.get("rows") or [])] if have else []
+if bench:
+    rec = max(bench, key=lambda r: r["time_utc"])
+    fast = max((row for row in rec["rows"] if row["preset"] == model_name and row["path"] == "fast"),
+               key=lambda row: row["batch"])
+    peak = rec["peak"][fast["precision"]]["measured_flops"]
+    achieved = fast["flops_per_step"] / (fast["ms_per_step"] / 1e3)
+    text = (f"**The step.** The benchmark `bench/pretrain_throughput.py` ({rec['device_name']}, {rec['time_utc'][:10]}) "
+            f"times the `{model_name}` pretraining step at batch {fast['batch']}: {fast['img_per_s']:.0f} images/s in "
+            f"{fast['precision']}, {fast['flops_per_step'] / fast['batch'] / 1e9:.2f} GFLOP per image (forward and "
+            f"backward), so {achieved / 1e9:.0f} GFLOP/s, {achieved / peak:.0%} of a 2048 x 2048 {fast['precision']} "
+            f"matmul on the same machine in the same run ({peak / 1e9:.0f} GFLOP/s).")
+    prof = rec.get("profile") or {}
+    if prof.get("preset") == model_name:
+        ops = prof["fast"]["top_ops"]
+        matmul = sum(o["share"] for o in ops if o["name"] in ("aten::mm", "aten::addmm", "aten::bmm"))
+        named = ", ".join(f"{o['name'].replace('aten::', '')} {o['share']:.0%}" for o in ops[:6])
+        text += (f" In its profile, matrix products take {matmul:.0%} of the step's CPU time; the largest "
+                 f"operations are {named}: elementwise work (activations, dtype conversions, additions) "
+                 "costs nearly as much as the products at this width, which is why a smaller model is "
+                 "not proportionally faster.")
+    display(Markdown(text))
+
 # %% [markdown]
 # ## Calibration: does pretraining matter at this budget?
 #
@@ -218,10 +243,13 @@ if have:
             shown[f"{report.PROBE_LABELS[metric]}, presentation"] = [f"{v:.3f}" if v == v else "" for v in ref]
     shown.index.name = "target"
     display(shown.fillna(""))
-    setup = table.drop_duplicates("target")[["label", "model", "pretrain_epochs", "n_train", "n_test", "seeds"]]
-    display(Markdown("**Setup of each row** (model, pretraining epochs, probe training images, test images, seeds):"))
-    display(setup.rename(columns={"label": "target", "pretrain_epochs": "pretraining epochs",
-                                  "n_train": "training images", "n_test": "test images"}).style.hide(axis="index"))
+    setup = table[["label", "metric", "model", "pretrain_epochs", "n_train", "n_test", "seeds", "features"]]
+    display(Markdown("**Setup of each row** (model, pretraining epochs, probe training images, test images, "
+                     "seeds, and the features each run's validation split chose):"))
+    display(setup.assign(metric=[report.PROBE_LABELS[m] for m in setup["metric"]]).rename(
+        columns={"label": "target", "metric": "probe", "pretrain_epochs": "pretraining epochs",
+                 "n_train": "training images", "n_test": "test images",
+                 "features": "features chosen"}).style.hide(axis="index"))
 
 # %% tags=["remove-input"]
 if have:
@@ -255,7 +283,8 @@ else:
         sub = diffs[(diffs["metric"] == metric) & (diffs["target"] != "none")]
         higher = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith("higher")]
         lower = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith("lower")]
-        unclear = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith(("no difference", "one seed"))]
+        unclear = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith("no difference")]
+        single = [f"{r['label']} ({r['mean']:+.3f})" for _, r in sub.iterrows() if r["verdict"].startswith("one seed")]
         parts = []
         if higher:
             parts.append(f"above the pixel target: {', '.join(higher)}")
@@ -263,11 +292,16 @@ else:
             parts.append(f"below it: {', '.join(lower)}")
         if unclear:
             parts.append(f"not distinguishable from it at this number of seeds: {', '.join(unclear)}")
+        if single:
+            parts.append(f"one paired seed so far, no spread to judge by: {', '.join(single)}")
         said.append(f"- **{report.PROBE_LABELS[metric]}**: " + "; ".join(parts) + ".")
     claim = diffs[(diffs["target"] == "pca-bottom:0.25") & (diffs["metric"] == "linprobe")]
     if len(claim):
         r = claim.iloc[0]
-        if r["verdict"].startswith("higher"):
+        if r["n"] < 2:
+            answer = (f"Only one seed pairs the bottom-25% target with the pixel target so far "
+                      f"({r['mean']:+.3f} in linear-probe accuracy): no answer yet.")
+        elif r["verdict"].startswith("higher"):
             answer = ("In this protocol the bottom-25% target's linear probe is above the pixel target's on "
                       "the same seeds, as the presentation reports.")
         elif r["verdict"].startswith("lower"):
