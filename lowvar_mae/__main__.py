@@ -14,7 +14,7 @@ BOOK_PAGES = {
     "book/executed/00_introduction.html": 0,
     "book/executed/01_pca_variance_components.html": 3,
     "book/executed/02_mae_pretraining.html": 3,
-    "book/executed/03_evaluation.html": 4,
+    "book/executed/03_evaluation.html": 3,
     "book/executed/04_subspace_classification.html": 1,
     "book/executed/05_learning_order.html": 1,
     "book/executed/07_performance.html": 0,
