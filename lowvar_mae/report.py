@@ -154,7 +154,7 @@ def plot_summary(table, chance: float | None = None, title: str = ""):
 
     targets = _order(table["target"])
     metrics = [m for m in PROBE_LABELS if m in set(table["metric"])]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(targets) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(targets) + 2), 4.0))
     width = 0.8 / max(1, len(metrics))
     marked = False
     for j, metric in enumerate(metrics):
@@ -173,7 +173,7 @@ def plot_summary(table, chance: float | None = None, title: str = ""):
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right", ncols=2)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -184,7 +184,7 @@ def plot_differences(diffs, title: str = ""):
 
     metrics = [m for m in PROBE_LABELS if m in set(diffs["metric"])]
     targets = _order(diffs["target"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.5 * len(targets) + 1.6),
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6.4, 4.2 * len(metrics)), 0.5 * len(targets) + 2.0),
                              squeeze=False, sharey=True)
     for ax, metric in zip(axes[0], metrics):
         sub = diffs[diffs["metric"] == metric].set_index("target").reindex(targets)
@@ -200,7 +200,7 @@ def plot_differences(diffs, title: str = ""):
         ax.set_yticks(y, [target_label(t) for t in targets])
         ax.set_xlabel(f"{PROBE_LABELS[metric]}: difference in test accuracy")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -211,14 +211,14 @@ def plot_calibration(curves, bars: dict[str, float] | None = None, title: str = 
     lines (label -> accuracy), e.g. the random encoder and a linear classifier on pixels."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     if len(curves):
         best = curves.groupby(["target", "seed", "epoch"])["val_accuracy"].max().reset_index()
         for i, target in enumerate(_order(best["target"])):
             sub = best[best["target"] == target].groupby("epoch")["val_accuracy"]
             stats = sub.agg(["mean", "min", "max", "count"])
             ax.plot(stats.index, stats["mean"], marker="o", color=f"C{i}",
-                    label=f"{target_label(target)} ({int(stats['count'].max())} seeds)")
+                    label=f"{target_label(target)} ({int(stats['count'].max())} seed{'s' * (stats['count'].max() > 1)})")
             ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i}", alpha=0.15)
     for j, (label, value) in enumerate((bars or {}).items()):
         ax.axhline(value, color="grey", ls=["--", ":", "-."][j % 3], lw=1.2, label=label)
@@ -226,7 +226,7 @@ def plot_calibration(curves, bars: dict[str, float] | None = None, title: str = 
     ax.set_ylabel("validation accuracy (linear probe)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -92,6 +92,16 @@ baselines = load_records("baseline")
 if len(baselines):
     baselines = baselines[(baselines["dataset"] == dataset) & baselines["n_train_subset"].isna()]
 
+# %% tags=["remove-cell"]
+def source_line(frame) -> str:
+    """What a figure's numbers came from: data, model, epochs, seeds, machines."""
+    seeds_ = sorted({int(x) for x in frame["seed"]})
+    epochs_ = sorted({int(e) for e in frame["pretrain_epochs"].dropna()}) if "pretrain_epochs" in frame else []
+    return (f"{dataset} (all training images), {', '.join(sorted(set(frame['model'])))}, "
+            f"{'/'.join(map(str, epochs_)) or 'no'} pretraining epochs, seeds {','.join(map(str, seeds_))}; "
+            + "; ".join(sorted(set(frame["device_name"].dropna()))))
+
+
 # %% [markdown]
 # ## The protocol
 #
@@ -181,7 +191,7 @@ bars = {}
 if len(baselines):
     bars["softmax regression on raw pixels (validation, 45,000 images)"] = float(baselines["val_value"].mean())
 if len(curves):
-    fig = report.plot_calibration(curves, bars=bars, title=f"{dataset}, recipe {recipe}: validation probe during pretraining")
+    fig = report.plot_calibration(curves, bars=bars, title=f"validation probe during pretraining, recipe {recipe}\n{source_line(records)}")
 else:
     display(Markdown("No calibration curves recorded yet."))
 
@@ -214,6 +224,26 @@ else:
             + ("" if len(bars_at) == 2 else " (one of the two comparisons has no record yet)")
             + ("." if met else ": at this budget, differences between targets say little about what "
                "pretraining learned."))
+if len(curves) and (curves["target"] == "pixels").any():
+    best = curves[curves["target"] == "pixels"].groupby(["seed", "epoch"])["val_accuracy"].max()
+    by_epoch = best.groupby("epoch").mean()
+    e = list(by_epoch.index)
+    steps_ = ", ".join(f"{by_epoch[k]:.3f} at epoch {k}" for k in e)
+    if len(e) > 2:
+        half, rest = by_epoch[e[1]] - by_epoch[e[0]], by_epoch[e[-1]] - by_epoch[e[1]]
+        steps_ += (f": {half * 100:.1f} points in the first {e[1]} epochs, {rest * 100:.1f} in the "
+                   f"{e[-1] - e[1]} after. Longer pretraining of this model would add little; the ViT-Tiny of the "
+                   "presentation is twice as deep, sees four times as many tokens and trains 400 epochs")
+    text += f"\n\nDuring pretraining on pixels the validation probe (mean over seeds, best pooling) reads {steps_}."
+    last = []
+    for target in report._order(curves["target"]):
+        per = curves[curves["target"] == target].groupby(["seed", "epoch"])["val_accuracy"].max().groupby("epoch").mean()
+        if len(per) > 2:
+            last.append(f"{target_label(target)} {(per.iloc[-1] - per.iloc[-2]) * 100:+.1f}")
+    if last:
+        text += (" Over the last interval of pretraining the probes moved by (points): " + ", ".join(last)
+                 + ". A target whose probe is still rising when the budget ends is judged before it has "
+                 "finished learning, which is a reason to read its row of the table as a lower bound.")
 display(Markdown(text))
 
 # %% [markdown]
@@ -243,7 +273,7 @@ if have:
             shown[f"{report.PROBE_LABELS[metric]}, presentation"] = [f"{v:.3f}" if v == v else "" for v in ref]
     shown.index.name = "target"
     display(shown.fillna(""))
-    setup = table[["label", "metric", "model", "pretrain_epochs", "n_train", "n_test", "seeds", "features"]]
+    setup = table[["label", "metric", "model", "pretrain_epochs", "n_train", "n_test", "seeds", "features", "machines"]]
     display(Markdown("**Setup of each row** (model, pretraining epochs, probe training images, test images, "
                      "seeds, and the features each run's validation split chose):"))
     display(setup.assign(metric=[report.PROBE_LABELS[m] for m in setup["metric"]]).rename(
@@ -253,8 +283,8 @@ if have:
 
 # %% tags=["remove-input"]
 if have:
-    fig = report.plot_summary(table, chance=chance, title=f"{dataset}, recipe {recipe} ({model_name}): "
-                              "mean and std over seeds")
+    fig = report.plot_summary(table, chance=chance, title=f"test accuracy, mean and std over seeds, recipe {recipe}"
+                              f"\n{source_line(records)}")
 
 # %% [markdown]
 # ## Differences to the pixel target, seed by seed
@@ -268,7 +298,7 @@ if have:
 # %% tags=["remove-input"]
 diffs = report.paired_differences(records) if have and (records["target"] == "pixels").any() else None
 if diffs is not None and len(diffs):
-    fig = report.plot_differences(diffs, title=f"{dataset}, recipe {recipe}: target minus pixels, same seed")
+    fig = report.plot_differences(diffs, title=f"target minus pixels, same seed, recipe {recipe}\n{source_line(records)}")
     shown = diffs.assign(probe=[report.PROBE_LABELS[m] for m in diffs["metric"]],
                          per_seed=[", ".join(f"{d:+.3f}" for d in ds) for ds in diffs["differences"]])
     display(shown[["label", "probe", "n", "per_seed", "verdict"]].rename(
