@@ -218,7 +218,7 @@ def plot_calibration(curves, bars: dict[str, float] | None = None, title: str = 
             sub = best[best["target"] == target].groupby("epoch")["val_accuracy"]
             stats = sub.agg(["mean", "min", "max", "count"])
             ax.plot(stats.index, stats["mean"], marker="o", color=f"C{i}",
-                    label=f"{target_label(target)} ({int(stats['count'].max())} seed{'s' * (stats['count'].max() > 1)})")
+                    label=f"{target_label(target)} ({int(stats['count'].max())} seed{'s' if stats['count'].max() > 1 else ''})")
             ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{i}", alpha=0.15)
     for j, (label, value) in enumerate((bars or {}).items()):
         ax.axhline(value, color="grey", ls=["--", ":", "-."][j % 3], lw=1.2, label=label)
