@@ -415,12 +415,34 @@ def _read_official(folder: Path, name: str, split: str, info: DatasetInfo) -> Im
     return ImageDataset(name, split, images, labels, classes)
 
 
+# The only globals an official CIFAR pickle (or one numpy writes in the same layout) refers
+# to: numpy's array reconstruction, under its numpy 1 and numpy 2 module names, and the
+# codec Python 3 uses for bytes in protocol 2. Anything else is refused before it is called.
+_PICKLE_GLOBALS = {
+    (module, name)
+    for prefix in ("numpy.core", "numpy._core")
+    for module, name in ((f"{prefix}.multiarray", "_reconstruct"), (f"{prefix}.multiarray", "scalar"),
+                         (f"{prefix}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only containers, strings, numbers and numpy arrays: a crafted
+    archive cannot run code while it is read."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR archive holds only arrays, lists and strings")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """Load an official CIFAR pickle (a plain dict of arrays and lists)."""
+    """Load an official CIFAR pickle (a plain dict of arrays and lists) with :class:`_CifarUnpickler`."""
     try:
         with path.open("rb") as f:
-            content = pickle.load(f, encoding="bytes")
-    except Exception as err:  # any unpickling failure means a corrupt file
+            content = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # any unpickling failure means a corrupt (or crafted) file
         raise DatasetFormatError(f"{path}: not a readable CIFAR pickle ({_one_line(err)})") from err
     if not isinstance(content, dict):
         raise DatasetFormatError(f"{path}: expected a dict, got {type(content).__name__}")

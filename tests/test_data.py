@@ -410,3 +410,50 @@ def test_shards_reload_as_the_whole_split_and_refuse_a_used_root(tmp_path):
     with pytest.raises(ValueError, match="size must be a positive integer"):
         save_shards(whole, tmp_path / "other", size=0)
     assert not list(tmp_path.glob("cifar10/.*.tmp"))
+
+
+class _RunsCode:
+    """What a crafted archive would hold: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_crafted_cifar_archive_is_refused_without_running_code(tmp_path, protocol):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = random_images(4, 32, seed=0)
+    marker = tmp_path / "ran"
+    flat = images.transpose(0, 3, 1, 2).reshape(4, -1)
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"data": flat, b"labels": labels.tolist(), b"x": _RunsCode(marker)}, f, protocol=protocol)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR10_NAMES]}, f, protocol=protocol)
+    with pytest.raises(DatasetFormatError, match=r"data_batch_1: not a readable CIFAR pickle .*refused global "
+                                                 r"(posix|os)\.system"):
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+    assert not marker.exists()
+    assert not (tmp_path / "cifar10" / "cifar10_train.npz").exists()  # nothing was cached
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_honest_archives_of_every_protocol_still_load(tmp_path, protocol):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = random_images(10, 32, seed=1)
+    flat = images.transpose(0, 3, 1, 2).reshape(10, -1)
+    for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": flat[2 * i:2 * i + 2], b"labels": labels[2 * i:2 * i + 2].tolist()}, f,
+                        protocol=protocol)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR10_NAMES]}, f, protocol=protocol)
+    dataset = load_dataset("cifar10", "train", root=tmp_path, download=False)
+    assert np.array_equal(dataset.images, images) and np.array_equal(dataset.labels, labels)
