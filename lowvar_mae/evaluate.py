@@ -808,7 +808,8 @@ def knn_probe(config: KNNConfig, encoder: ViTEncoder, splits: Splits, *, device:
 
 
 def _record_fields(config: FinetuneConfig | KNNConfig, summary: dict, run_dir: Path) -> dict:
-    share = parse_target(config.target).share if config.target != NO_TARGET else None
+    spec = parse_target(config.target) if config.target != NO_TARGET else None
+    share = spec.share if spec is not None and spec.needs_basis else None  # a share of variance (fft-*: a radius)
     fields_ = {"dataset": config.dataset, "target": config.target, "share": share,
                "recipe": getattr(config, "recipe", "knn"), "seed": config.seed, "run": run_dir.name,
                "run_dir": str(run_dir), "model": config.model, "pretrain_run": config.pretrain_run,

@@ -38,6 +38,8 @@ def target_label(target: str) -> str:
     if target in TARGET_LABELS:
         return TARGET_LABELS[target]
     kind, _, share = target.partition(":")
+    if kind in ("fft-low", "fft-high") and share:
+        return f"{'Low' if kind == 'fft-low' else 'High'}-pass, radius {float(share):g} Nyquist"
     side = {"pca-bottom": "Bottom", "pca-top": "Top"}.get(kind)
     if side is None or not share:
         raise ValueError(f"unknown target {target!r}")

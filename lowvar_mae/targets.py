@@ -6,7 +6,13 @@ Target names:
 * ``norm-pix``: pixels normalised to zero mean and unit variance within each patch
   (the official MAE target);
 * ``pca-bottom:q`` / ``pca-top:p``: the image projected onto the bottom-q / top-p
-  variance subspace of the dataset's PCA (see ``lowvar_mae.pca``), mean image added.
+  variance subspace of the dataset's PCA (see ``lowvar_mae.pca``), mean image added;
+* ``fft-low:r`` / ``fft-high:r``: the 2-D Fourier coefficients of each channel inside /
+  outside the radius r (a share of the Nyquist radius, 0 < r <= 1), as in frequency-
+  filtered MAE targets (PixMIM uses low-pass ones). The two are exact complements on the
+  model's input scale: fft-low:r + fft-high:r = pixels (the mean, a zero frequency, is in
+  the low part). :func:`fft_variance_share` says how much of a dataset's pixel variance a
+  radius keeps.
 
 All targets are images (N, C, H, W) on the model's input scale; the loss is the same
 for all of them (``MAE.forward_loss``).
@@ -26,7 +32,8 @@ from . import pca
 from .models import patchify, unpatchify
 from .provenance import runs_dir
 
-TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-top")
+TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-top", "fft-low", "fft-high")
+SHARED_KINDS = ("pca-bottom", "pca-top", "fft-low", "fft-high")  # kinds written kind:<number>
 NORM_PIX_EPS = 1e-6
 
 
@@ -48,17 +55,27 @@ class TargetSpec:
 
 
 def parse_target(spec: str) -> TargetSpec:
-    """'pixels', 'norm-pix', 'pca-bottom:0.25', 'pca-top:0.75' -> TargetSpec."""
+    """'pixels', 'norm-pix', 'pca-bottom:0.25', 'pca-top:0.75', 'fft-low:0.3', 'fft-high:0.3' -> TargetSpec.
+
+    For fft-* targets the number is a radius (a share of the Nyquist radius), not a share of
+    variance."""
     kind, sep, share = str(spec).partition(":")
     if kind not in TARGET_KINDS:
-        raise ValueError(f"unknown target {spec!r}; use one of pixels, norm-pix, pca-bottom:<share>, pca-top:<share>")
-    if kind.startswith("pca-"):
+        raise ValueError(f"unknown target {spec!r}; use one of pixels, norm-pix, pca-bottom:<share>, pca-top:<share>, "
+                         "fft-low:<radius>, fft-high:<radius>")
+    if kind in SHARED_KINDS:
+        what = "radius" if kind.startswith("fft-") else "share"
         if not sep:
-            raise ValueError(f"target {spec!r} needs a share, e.g. {kind}:0.25")
+            raise ValueError(f"target {spec!r} needs a {what}, e.g. {kind}:0.25")
         try:
             value = float(share)
         except ValueError:
-            raise ValueError(f"target {spec!r}: share {share!r} is not a number") from None
+            raise ValueError(f"target {spec!r}: {what} {share!r} is not a number") from None
+        if kind.startswith("fft-"):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"target {spec!r}: the radius is a share of the Nyquist radius and must lie in "
+                                 f"(0, 1], got {value}")
+            return TargetSpec(kind, value)
         return TargetSpec(kind, pca.check_share(value))
     if sep:
         raise ValueError(f"target {kind!r} takes no share, got {spec!r}")
@@ -71,6 +88,73 @@ def norm_pix(images: Tensor, patch_size: int) -> Tensor:
     mean = patches.mean(-1, keepdim=True)
     var = patches.var(-1, keepdim=True)
     return unpatchify((patches - mean) / (var + NORM_PIX_EPS).sqrt(), patch_size, images.shape[1])
+
+
+def frequency_radius(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    """Radius of each coefficient of ``torch.fft.rfft2`` on (height, width) images, as a share
+    of the Nyquist radius: sqrt(fy^2 + fx^2) / 0.5 with frequencies in cycles per pixel; shape
+    (height, width // 2 + 1). 0 is the mean; 1 the Nyquist frequency of one axis; the corner
+    (both axes at Nyquist) is sqrt(2)."""
+    fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
+    fx = torch.fft.rfftfreq(width, device=device).view(1, -1)
+    return torch.sqrt(fy ** 2 + fx ** 2) / 0.5
+
+
+def frequency_filter(images: Tensor, radius: float, side: str) -> Tensor:
+    """The part of ``images`` (N, C, H, W) whose 2-D spatial frequencies lie inside (side="low",
+    radius <= ``radius``) or outside (side="high") the radius, per channel, in float32. The two
+    sides add up to the images exactly (up to rounding); the mean is in the low side."""
+    if side not in ("low", "high"):
+        raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    h, w = images.shape[-2:]
+    keep = frequency_radius(h, w, images.device) <= radius
+    if side == "high":
+        keep = ~keep
+    coeffs = torch.fft.rfft2(images.float())
+    return torch.fft.irfft2(coeffs * keep, s=(h, w))
+
+
+def fft_variance_share(images: Tensor, radius: float, side: str = "low", batch_size: int = 2048) -> float:
+    """Share of the pixel variance of ``images`` (N, C, H, W), uint8 or float (about their mean
+    image), that the ``side`` part at ``radius`` keeps. The Fourier transform is unitary, so
+    variance splits exactly between the two sides: low + high = 1."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    mean = x.mean(0, keepdim=True)
+    kept = total = 0.0
+    for chunk in x.split(batch_size):
+        centred = chunk - mean
+        part = frequency_filter(centred, radius, side)
+        kept += float(part.double().square().sum())
+        total += float(centred.double().square().sum())
+    return kept / total if total else float("nan")
+
+
+def fft_radius_for_share(images: Tensor, share: float, side: str = "low", batch_size: int = 2048) -> float:
+    """The radius whose ``side`` part keeps ``share`` of the pixel variance of ``images`` (as
+    near as the discrete radii allow: the smallest radius whose low part reaches the share,
+    or for side="high" the largest whose high part still holds it). Per-coefficient variance
+    from one pass of the full 2-D FFT (Parseval: it adds up to the pixel variance)."""
+    if side not in ("low", "high"):
+        raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    pca.check_share(share)
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    mean = x.mean(0, keepdim=True)
+    h, w = x.shape[-2:]
+    energy = torch.zeros(h, w, dtype=torch.float64, device=x.device)
+    for chunk in x.split(batch_size):
+        energy += torch.fft.fft2(chunk - mean).abs().double().square().sum((0, 1))
+    fy = torch.fft.fftfreq(h, device=x.device).view(-1, 1)
+    fx = torch.fft.fftfreq(w, device=x.device).view(1, -1)
+    radius = (torch.sqrt(fy ** 2 + fx ** 2) / 0.5).flatten().double()
+    radii, inverse = torch.unique(radius, return_inverse=True)  # sorted distinct radii
+    per_radius = torch.zeros_like(radii).scatter_add_(0, inverse, energy.flatten())
+    low = per_radius.cumsum(0) / per_radius.sum()  # share kept by fft-low at each radius
+    if side == "low":
+        k = int(torch.searchsorted(low, torch.tensor(share - 1e-12, dtype=low.dtype)))
+        return float(radii[min(k, len(radii) - 1)])
+    high = 1 - low  # share kept by fft-high at each radius (strictly outside it)
+    ok = torch.nonzero(high >= share - 1e-12).flatten()
+    return float(radii[int(ok[-1])]) if len(ok) else float(radii[0])
 
 
 def make_target(spec: str | TargetSpec, *, basis: pca.PCABasis | None = None, patch_size: int | None = None,
@@ -88,6 +172,11 @@ def make_target(spec: str | TargetSpec, *, basis: pca.PCABasis | None = None, pa
         if patch_size is None:
             raise ValueError("target 'norm-pix' needs the model's patch_size")
         return lambda x01: norm_pix((x01 - 0.5) / 0.5, patch_size)
+    if spec.kind.startswith("fft-"):
+        side = spec.kind.removeprefix("fft-")
+        # On the input scale (x - 0.5) / 0.5: the constant 0.5 is a zero frequency, so it
+        # stays with the low side and fft-low + fft-high = the pixels target.
+        return lambda x01: frequency_filter((x01 - 0.5) / 0.5, spec.share, side)
     if basis is None:
         raise ValueError(f"target '{spec}' needs a fitted PCA basis of the training images; none was given")
     if image_shape is not None and tuple(image_shape) != tuple(basis.image_shape):
