@@ -580,8 +580,12 @@ def extract_pooled(encoder: ViTEncoder, images: Tensor, poolings=POOLINGS, *, ba
     poolings = tuple(poolings)
     was_training = encoder.training
     encoder.eval()
-    joined = _batched(lambda x: torch.cat([pool_tokens(t, p) for t in [encoder.forward_features(
-        normalize(x.float() / 255))] for p in poolings], dim=1), images, batch_size, torch.device(device), precision)
+
+    def pooled(x_u8: Tensor) -> Tensor:
+        tokens = encoder.forward_features(normalize(x_u8.float() / 255))
+        return torch.cat([pool_tokens(tokens, p) for p in poolings], dim=1)
+
+    joined = _batched(pooled, images, batch_size, torch.device(device), precision)
     encoder.train(was_training)
     widths = [encoder.feature_dim(p) for p in poolings]
     return dict(zip(poolings, joined.split(widths, dim=1)))
