@@ -824,12 +824,16 @@ def _record_fields(config: FinetuneConfig | KNNConfig, summary: dict, run_dir: P
 
 
 def has_record(run_name: str, metric: str, results_root=None) -> bool:
-    """Whether a record of evaluation run ``run_name`` and ``metric`` is under ``results_root``."""
-    folder = results_dir(results_root) / RECORD_KIND
-    for path in folder.glob("*.json"):
-        rec = json.loads(path.read_text())
-        if rec.get("run") == run_name and rec.get("metric") == metric:
-            return True
+    """Whether a record of evaluation run ``run_name`` and ``metric`` exists: under ``results_root``
+    if given, else in any folder records are read from (``lowvar_mae.results.record_dirs``: the
+    committed results/ and $LOWVAR_MAE_RESULTS)."""
+    from .results import record_dirs
+
+    for folder in record_dirs(results_root):
+        for path in (folder / RECORD_KIND).glob("*.json"):
+            rec = json.loads(path.read_text())
+            if rec.get("run") == run_name and rec.get("metric") == metric:
+                return True
     return False
 
 

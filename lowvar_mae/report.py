@@ -137,7 +137,8 @@ def calibration_curves(records):
     rows = []
     probes = records[records["metric"] == "linprobe"] if len(records) else records
     for _, rec in probes.iterrows():
-        for point in rec.get("pretrain_probe_curve") or []:
+        curve = rec.get("pretrain_probe_curve")
+        for point in curve if isinstance(curve, list) else []:  # NaN where a record has none (no pretraining)
             for pooling, value in point["probe_val"].items():
                 rows.append({"target": rec["target"], "seed": int(rec["seed"]), "epoch": int(point["epoch"]),
                              "pooling": pooling, "val_accuracy": float(value)})

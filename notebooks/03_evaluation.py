@@ -365,9 +365,14 @@ plan = grid.plan([dataset], grid.DEFAULT_TARGETS, [0, 1, 2], grid.DEFAULT_PROBES
 todo = grid.missing(plan)
 if todo:
     est = grid.estimate_seconds(todo, records)
-    display(pd.DataFrame([{"target": target_label(c.target), "seed": c.seed, "probe": c.metric,
-                           "estimated minutes": "" if est[c][0] is None else f"{est[c][0] / 60:.0f}"}
-                          for c in todo]).style.hide(axis="index"))
+    rows = []
+    for target in dict.fromkeys(c.target for c in todo):
+        cells = [c for c in todo if c.target == target]
+        known = [est[c][0] for c in cells if est[c][0] is not None]
+        rows.append({"target": target_label(target), "seeds": ", ".join(map(str, sorted({c.seed for c in cells}))),
+                     "probes": ", ".join(dict.fromkeys(report.PROBE_LABELS[c.metric] for c in cells)),
+                     "estimated minutes": f"{sum(known) / 60:.0f}" if known else "unknown"})
+    display(pd.DataFrame(rows).style.hide(axis="index"))
 else:
     display(Markdown("Every cell of the default grid has a record." if plan else "No default grid for this recipe."))
 
