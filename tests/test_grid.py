@@ -172,7 +172,10 @@ def test_grid_stops_between_cells_and_refuses_a_dirty_tree(dirs, monkeypatch):
         grid.run_grid(tiny_plan(), log=lambda *_: None)
 
 
-def test_grid_cli_lists_missing_cells_and_rejects_bad_names(dirs, capsys):
+def test_grid_cli_lists_missing_cells_and_rejects_bad_names(dirs, capsys, monkeypatch):
+    import lowvar_mae.results
+
+    monkeypatch.setattr(lowvar_mae.results, "repo_root", lambda: None)  # only this test's records count
     assert main(["grid", "--missing", "--targets", "pixels", "none", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
     assert "4 of 4 cells have no record" in out and "cifar10 pixels seed 0 linprobe (cpu)" in out
