@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("pretrain", help="pretrain an MAE (resumes or loads its run folder); torchrun-ready")
     p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--target", default="pixels", help="pixels | norm-pix | pca-bottom:<q> | pca-top:<p>")
+    p.add_argument("--target", default="pixels", help="pixels | norm-pix | pca-bottom:<q> | pca-top:<p> | fft-low:<r> | fft-high:<r> | pc-mask[:<s>]")
     p.add_argument("--recipe", default="quick", help="quick | cpu | gpu | paper")
     for name, kind in PRETRAIN_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)

@@ -62,7 +62,7 @@ class MAEConfig:
     decoder_num_heads: int
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    mask_ratio: float = 0.75  # share of patches hidden from the encoder
+    mask_ratio: float = 0.75  # share of patches hidden from the encoder (0: none, as PC masking uses)
     pos_embed: str = "learned"
 
     def __post_init__(self) -> None:
@@ -78,9 +78,10 @@ class MAEConfig:
         if self.img_size % self.patch_size != 0:
             raise ValueError(
                 f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={self.mask_ratio} is outside the open interval (0, 1)")
-        num_kept(self.num_patches, self.mask_ratio)
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} is outside [0, 1) (0: every patch visible)")
+        if self.mask_ratio:
+            num_kept(self.num_patches, self.mask_ratio)
         if self.embed_dim % self.num_heads != 0:
             raise ValueError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
@@ -433,13 +434,15 @@ class MAE(nn.Module):
 
     def forward_loss(self, target: torch.Tensor, pred: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error per patch, averaged over masked patches only.
+        """Mean squared error per patch, averaged over masked patches only (over all
+        patches when none is masked).
 
         target: (N, C, H, W), raw pixels or a filtered image; pred: (N, L, p*p*C);
         mask: (N, L), 1 = masked. Returns a scalar.
         """
         loss = ((pred - self.patchify(target)) ** 2).mean(dim=-1)
-        return (loss * mask).sum() / mask.sum()
+        masked = mask.sum()
+        return torch.where(masked > 0, (loss * mask).sum() / masked.clamp_min(1), loss.mean())  # no host sync
 
     def forward(self, imgs: torch.Tensor, target: torch.Tensor | None = None,
                 mask_ratio: float | None = None, generator: torch.Generator | None = None,
@@ -447,11 +450,11 @@ class MAE(nn.Module):
         """imgs: (N, C, H, W) input; target: (N, C, H, W), default imgs.
 
         Returns loss (scalar), pred (N, L, p*p*C), mask (N, L) 1 = masked.
-        mask_ratio defaults to the config's and must lie in (0, 1).
+        mask_ratio defaults to the config's and must lie in [0, 1) (0: every patch visible).
         """
         mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={mask_ratio} is outside the open interval (0, 1)")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio} is outside [0, 1) (0: every patch visible)")
         target = imgs if target is None else target
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator)
         pred = self.forward_decoder(latent, ids_restore)

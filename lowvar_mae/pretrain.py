@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import MAE, build_mae, get_config, set_attention
 from .provenance import atomic_write_json, provenance, runs_dir
-from .targets import dataset_basis, make_target, parse_target
+from .targets import PCMasking, dataset_basis, make_pc_masking, make_target, parse_target
 from .train import (ATTENTIONS, AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
                     fits_on, init_distributed, normalize, read_metrics, resolve_attention, resolve_device,
                     resolve_precision, scaled_lr, train_loop)
@@ -61,7 +61,7 @@ class PretrainConfig(RunConfig):
     """Everything that defines a pretraining run. Papermill parameters map onto these fields."""
 
     dataset: str = "synthetic"
-    target: str = "pixels"          # pixels | norm-pix | pca-bottom:<q> | pca-top:<p>
+    target: str = "pixels"          # pixels | norm-pix | pca-bottom:<q> | pca-top:<p> | fft-*:<r> | pc-mask
     recipe: str = "quick"
     model: str = "small-cifar"      # a preset of lowvar_mae.models
     epochs: int = 8
@@ -71,7 +71,7 @@ class PretrainConfig(RunConfig):
     base_lr: float = 1e-3           # lr = base_lr * batch_size / 256
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
-    mask_ratio: float = 0.75
+    mask_ratio: float = 0.75        # share of patches hidden; 0 (every patch seen) only with pc-mask
     augment: str = "none"           # none (as in the original work) | flip | crop-flip (as in MAE)
     n_train: int | None = None      # use a seeded subset of the training split
     pca_method: str = "complement"  # how bottom targets are computed (lowvar_mae.pca)
@@ -87,7 +87,12 @@ class PretrainConfig(RunConfig):
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
-        parse_target(self.target)
+        spec = parse_target(self.target)
+        if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)):
+            raise ValueError(f"mask_ratio must be a number in [0, 1), got {self.mask_ratio!r}")
+        if self.mask_ratio == 0 and not spec.masks_components:
+            raise ValueError(f"mask_ratio 0 hides no patch, so target {self.target!r} would be copied from the input; "
+                             "it is only allowed with target pc-mask (which masks components instead)")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
         get_config(self.model, mask_ratio=self.mask_ratio)
@@ -130,6 +135,8 @@ def make_config(recipe: str = "quick", dataset: str = "synthetic", target: str =
         raise ValueError(f"recipe {recipe!r} has no model preset for {dataset} ({key[1]}x{key[1]} images); "
                          f"give model=..., one of {sorted(set(MODEL_PRESETS.values()))}")
     values["model"] = MODEL_PRESETS.get(key)
+    if parse_target(target).masks_components:
+        values["mask_ratio"] = 0.0  # PC masking replaces patch masking (PMAE's setting)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PretrainConfig(dataset=dataset, target=target, recipe=recipe, **values)
 
@@ -159,14 +166,25 @@ def load_reconstructions(run_dir: str | Path) -> dict[int, dict[str, torch.Tenso
 
 
 @torch.no_grad()
-def reconstruct(model: MAE, x01: torch.Tensor, target_fn: Callable, seed: int) -> dict[str, torch.Tensor]:
-    """Reconstruct a batch (N, C, H, W) in [0, 1] with a fixed mask; all outputs as images in [0, 1]."""
+def reconstruct(model: MAE, x01: torch.Tensor, target_fn: Callable, seed: int,
+                pc_masking: PCMasking | None = None) -> dict[str, torch.Tensor]:
+    """Reconstruct a batch (N, C, H, W) in [0, 1] with a fixed mask; all outputs as images in [0, 1].
+
+    pc_masking: for the pc-mask target, the input has a fixed draw of components removed
+    (the loss is then PC masking's, on those components), patches masked as the model's config says."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=x01.device).manual_seed(seed)
     target = target_fn(x01)
-    loss, pred, mask = model(normalize(x01), target, generator=gen)
+    if pc_masking is None:
+        loss, pred, mask = model(normalize(x01), target, generator=gen)
+    else:
+        idx, _ = pc_masking.draw(gen)
+        x_in, coords = pc_masking.split(x01, idx)
+        _, pred, mask = model(normalize(x_in), target, generator=gen)
+        loss = pc_masking.loss(denormalize(model.unpatchify(pred.float())), coords, idx)
+        x01 = x_in
     model.train(was_training)
     p, c = model.config.patch_size, model.config.in_chans
     mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * c).to(x01.dtype))
@@ -214,10 +232,12 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
     if fits_on(dev, images.numel()):
         images = images.to(dev)
     basis = None
-    if parse_target(config.target).needs_basis:
+    spec = parse_target(config.target)
+    if spec.needs_basis:
         basis = dataset_basis(config.dataset, root=root, device=dev)
     target_fn = make_target(config.target, basis=basis, patch_size=model.config.patch_size,
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
+    pc_masking = make_pc_masking(spec, basis, device=dev) if spec.masks_components else None
     recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
 
     data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist, device=dev)
@@ -232,6 +252,13 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
 
     def loss_fn(m, x_u8, labels, gen):
         x01 = augment(x_u8, config.augment, gen)
+        if pc_masking is not None:
+            with torch.autocast(dev.type, enabled=False):
+                idx, _ = pc_masking.draw(gen)
+                x_in, coords = pc_masking.split(x01, idx)
+            _, pred, _ = m(normalize(x_in), None, generator=gen)  # config.mask_ratio: 0 in PMAE's setting
+            with torch.autocast(dev.type, enabled=False):
+                return pc_masking.loss(denormalize(unwrap(m).unpatchify(pred.float())), coords, idx)
         with torch.autocast(dev.type, enabled=False):  # PCA filtering stays in float32 under bf16
             target = target_fn(x01)
         loss, _, _ = m(normalize(x01), target, generator=gen)
@@ -252,7 +279,7 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
             extra.update(hook(unwrap(model), epoch) or {})
         every = config.recon_every or config.epochs
         if dist.is_main and (epoch == 1 or epoch % every == 0 or epoch == config.epochs):
-            rec = reconstruct(model, recon_x, target_fn, seed=config.seed)
+            rec = reconstruct(model, recon_x, target_fn, seed=config.seed, pc_masking=pc_masking)
             (run_dir / "recon").mkdir(exist_ok=True)
             tmp = run_dir / "recon" / f".epoch-{epoch:04d}.tmp"
             save_file({k: v.to(torch.float16).cpu().contiguous() for k, v in rec.items()}, str(tmp))

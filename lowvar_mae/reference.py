@@ -30,6 +30,7 @@ TARGET_LABELS = {
     "pixels": "Original image",
     "none": "Without pretraining",
     "norm-pix": "Normalised pixels (official MAE)",
+    "pc-mask": "PC masking (PMAE, 10-90% variance)",
 }
 
 
@@ -40,6 +41,8 @@ def target_label(target: str) -> str:
     kind, _, share = target.partition(":")
     if kind in ("fft-low", "fft-high") and share:
         return f"{'Low' if kind == 'fft-low' else 'High'}-pass, radius {float(share):g} Nyquist"
+    if kind == "pc-mask" and share:
+        return f"PC masking ({float(share) * 100:g}% variance)"
     side = {"pca-bottom": "Bottom", "pca-top": "Top"}.get(kind)
     if side is None or not share:
         raise ValueError(f"unknown target {target!r}")

@@ -13,8 +13,15 @@ Target names:
   model's input scale: fft-low:r + fft-high:r = pixels (the mean, a zero frequency, is in
   the low part). :func:`fft_variance_share` says how much of a dataset's pixel variance a
   radius keeps.
+* ``pc-mask`` / ``pc-mask:s``: masking in PCA space instead of pixel space (PMAE, Bizeul
+  et al., "Components Beat Patches: Eigenvector Masking for Visual Representation
+  Learning", github.com/alicebizeul/pmae). Each step draws a random set of principal
+  components holding a share s of the variance (``pc-mask``: s uniform in [0.1, 0.9] per
+  step, the paper's "sampling_pc" setting), removes them from the input, and the loss is
+  the squared error of the predicted image's coordinates on the removed components. The
+  encoder sees every patch (mask_ratio 0). See :class:`PCMasking`.
 
-All targets are images (N, C, H, W) on the model's input scale; the loss is the same
+All pixel-space targets are images (N, C, H, W) on the model's input scale; the loss is the same
 for all of them (``MAE.forward_loss``).
 """
 
@@ -32,8 +39,9 @@ from . import pca
 from .models import patchify, unpatchify
 from .provenance import runs_dir
 
-TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-top", "fft-low", "fft-high")
+TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-top", "fft-low", "fft-high", "pc-mask")
 SHARED_KINDS = ("pca-bottom", "pca-top", "fft-low", "fft-high")  # kinds written kind:<number>
+PC_MASK_RANGE = (0.1, 0.9)  # PMAE's "sampling_pc": masked share of variance, uniform per step
 NORM_PIX_EPS = 1e-6
 
 
@@ -44,7 +52,12 @@ class TargetSpec:
 
     @property
     def needs_basis(self) -> bool:
-        return self.kind.startswith("pca-")
+        return self.kind.startswith("pca-") or self.kind == "pc-mask"
+
+    @property
+    def masks_components(self) -> bool:
+        """True for PC masking: the input changes and the encoder sees every patch."""
+        return self.kind == "pc-mask"
 
     @property
     def side(self) -> str | None:
@@ -62,7 +75,17 @@ def parse_target(spec: str) -> TargetSpec:
     kind, sep, share = str(spec).partition(":")
     if kind not in TARGET_KINDS:
         raise ValueError(f"unknown target {spec!r}; use one of pixels, norm-pix, pca-bottom:<share>, pca-top:<share>, "
-                         "fft-low:<radius>, fft-high:<radius>")
+                         "fft-low:<radius>, fft-high:<radius>, pc-mask, pc-mask:<share>")
+    if kind == "pc-mask":
+        if not sep:
+            return TargetSpec(kind)
+        try:
+            value = float(share)
+        except ValueError:
+            raise ValueError(f"target {spec!r}: share {share!r} is not a number") from None
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"target {spec!r}: the masked share of variance must lie in (0, 1), got {value}")
+        return TargetSpec(kind, value)
     if kind in SHARED_KINDS:
         what = "radius" if kind.startswith("fft-") else "share"
         if not sep:
@@ -157,6 +180,80 @@ def fft_radius_for_share(images: Tensor, share: float, side: str = "low", batch_
     return float(radii[int(ok[-1])]) if len(ok) else float(radii[0])
 
 
+class PCMasking:
+    """PC masking (PMAE): remove a random set of principal components from the input and
+    score the prediction on them.
+
+    Per step, one draw for the whole batch as in the reference code: a random permutation
+    of the stored components, and the first k of them in that order, k chosen so that
+    their share of the variance is nearest to s (s fixed, or uniform in
+    :data:`PC_MASK_RANGE`). With U_m the masked components and mu the mean image:
+
+    * input = x - (x - mu) U_m U_m^T (the image with those components removed);
+    * target = (x - mu) U_m (its coordinates on them);
+    * loss = mean over images and masked components of ((y - mu) U_m - target)^2, y the
+      predicted image in [0, 1] (the decoder's output on the input scale, mapped back).
+
+    Where this deviates from the reference code: the PCA is of pixels in [0, 1] centred by
+    the mean image (the same basis as the pca-* targets here), not of per-pixel
+    standardised images; the loss is taken in [0, 1] pixel units.
+    """
+
+    def __init__(self, basis: pca.PCABasis, share: float | None = None, device: torch.device | str = "cpu"):
+        self.share = share
+        self.mean = basis.mean.to(device=device, dtype=torch.float32)
+        self.components = basis.components.to(device=device, dtype=torch.float32)
+        ratio = basis.eigenvalues[: basis.n_stored].double()
+        self.ratio = (ratio / basis.eigenvalues.double().sum()).to(device)
+        self.image_shape = tuple(basis.image_shape)
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[Tensor, float]:
+        """(indices of the masked components, the share of variance they hold)."""
+        device = self.ratio.device
+        if self.share is None:
+            lo, hi = PC_MASK_RANGE
+            u = torch.rand((), generator=generator, device=device, dtype=torch.float64)
+            share = lo + (hi - lo) * float(u)
+        else:
+            share = self.share
+        order = torch.randperm(len(self.ratio), generator=generator, device=device)
+        cum = self.ratio[order].cumsum(0)
+        k = int(torch.argmin((cum - share).abs())) + 1  # at least one component
+        return order[:k], float(cum[k - 1])
+
+    def split(self, x01: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(input images in [0, 1] with the components ``idx`` removed, (N, k) coordinates on them)."""
+        n = x01.shape[0]
+        flat = x01.float().reshape(n, -1)
+        u = self.components[:, idx]
+        coords = (flat - self.mean) @ u
+        return (flat - coords @ u.T).reshape(x01.shape), coords
+
+    def loss(self, pred01: Tensor, coords: Tensor, idx: Tensor) -> Tensor:
+        """Mean squared error of the predicted images' (N, C, H, W) coordinates on ``idx``."""
+        pred = (pred01.float().reshape(pred01.shape[0], -1) - self.mean) @ self.components[:, idx]
+        return (pred - coords).square().mean()
+
+
+def make_pc_masking(spec: str | TargetSpec, basis: pca.PCABasis | None, *, image_shape=None,
+                    device: torch.device | str = "cpu") -> PCMasking:
+    spec = parse_target(spec) if isinstance(spec, str) else spec
+    if spec.kind != "pc-mask":
+        raise ValueError(f"target '{spec}' is not a PC-masking target")
+    if basis is None:
+        raise ValueError(f"target '{spec}' needs a fitted PCA basis of the training images; none was given")
+    _check_basis_shape(spec, basis, image_shape)
+    return PCMasking(basis, spec.share, device=device)
+
+
+def _check_basis_shape(spec, basis: pca.PCABasis, image_shape) -> None:
+    if image_shape is not None and tuple(image_shape) != tuple(basis.image_shape):
+        raise ValueError(
+            f"target '{spec}': PCA basis fitted on images of shape {tuple(basis.image_shape)} "
+            f"({basis.dataset or 'unnamed'}/{basis.split}), but the training images have shape {tuple(image_shape)}"
+        )
+
+
 def make_target(spec: str | TargetSpec, *, basis: pca.PCABasis | None = None, patch_size: int | None = None,
                 image_shape: tuple[int, int, int] | None = None, device: torch.device | str = "cpu",
                 method: str = "complement") -> Callable[[Tensor], Tensor]:
@@ -177,13 +274,14 @@ def make_target(spec: str | TargetSpec, *, basis: pca.PCABasis | None = None, pa
         # On the input scale (x - 0.5) / 0.5: the constant 0.5 is a zero frequency, so it
         # stays with the low side and fft-low + fft-high = the pixels target.
         return lambda x01: frequency_filter((x01 - 0.5) / 0.5, spec.share, side)
+    if spec.kind == "pc-mask":
+        # The image itself: what the whole prediction is compared with when it is shown
+        # (the loss looks at the masked components only, see PCMasking).
+        make_pc_masking(spec, basis, image_shape=image_shape, device=device)
+        return lambda x01: (x01 - 0.5) / 0.5
     if basis is None:
         raise ValueError(f"target '{spec}' needs a fitted PCA basis of the training images; none was given")
-    if image_shape is not None and tuple(image_shape) != tuple(basis.image_shape):
-        raise ValueError(
-            f"target '{spec}': PCA basis fitted on images of shape {tuple(basis.image_shape)} "
-            f"({basis.dataset or 'unnamed'}/{basis.split}), but the training images have shape {tuple(image_shape)}"
-        )
+    _check_basis_shape(spec, basis, image_shape)
     flt = pca.make_filter(basis, spec.side, spec.share, method=method, device=device)
     return lambda x01: (flt(x01) - 0.5) / 0.5
 

@@ -355,13 +355,21 @@ def test_indivisible_image_size_names_both_values():
         get_config("micro", img_size=30)
 
 
-@pytest.mark.parametrize("mask_ratio", [0.0, 1.0, 1.5])
+@pytest.mark.parametrize("mask_ratio", [-0.1, 1.0, 1.5])
 def test_bad_mask_ratio_rejected(mask_ratio):
-    with pytest.raises(ValueError, match=rf"mask_ratio={mask_ratio}.*\(0, 1\)"):
+    with pytest.raises(ValueError, match=rf"mask_ratio={mask_ratio}.*\[0, 1\)"):
         get_config("micro", mask_ratio=mask_ratio)
 
 
-@pytest.mark.parametrize("mask_ratio", [0.0, 1.0, 1.5])
+def test_mask_ratio_zero_shows_every_patch(micro):
+    """0 is PC masking's setting: no patch hidden, the loss over every patch."""
+    imgs = imgs_for(micro.config)
+    loss, pred, mask = micro(imgs, mask_ratio=0.0)
+    assert mask.sum() == 0 and pred.shape[1] == micro.config.num_patches
+    torch.testing.assert_close(loss, ((pred - micro.patchify(imgs)) ** 2).mean())
+
+
+@pytest.mark.parametrize("mask_ratio", [-0.1, 1.0, 1.5])
 def test_bad_mask_ratio_rejected_at_forward(micro, mask_ratio):
     with pytest.raises(ValueError, match=rf"mask_ratio={mask_ratio}"):
         micro(imgs_for(micro.config), mask_ratio=mask_ratio)
