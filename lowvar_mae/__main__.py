@@ -114,6 +114,24 @@ def cmd_shards(args) -> int:
     return 0
 
 
+def cmd_shares(args) -> int:
+    """What share of the training images' pixel variance each target keeps; one record."""
+    from .data import load_dataset
+    from .results import write_record
+    from .targets import dataset_basis, kept_variance, parse_target
+
+    specs = [parse_target(t) for t in args.targets]  # every name checked before any work
+    images = load_dataset(args.dataset, "train").to_tensor()
+    basis = dataset_basis(args.dataset, images=images) if any(s.needs_basis for s in specs) else None
+    rows = [kept_variance(s, images, basis) for s in specs]
+    for r in rows:
+        kept = "" if r["kept"] is None else f"{r['kept']:.1%}"
+        print(f"{r['target']:>18}  {kept:>7}  {r['note']}")
+    path = write_record("targets", {"dataset": args.dataset, "n_images": len(images), "shares": rows})
+    print(f"-> {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowvar-mae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", nargs="+", default=["train", "test"])
     p.add_argument("--size", type=int, default=10_000, help="images per part")
     p.set_defaults(func=cmd_shards)
+
+    p = sub.add_parser("shares", help="the share of pixel variance each target keeps on a training split (a record)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--targets", nargs="+", required=True)
+    p.set_defaults(func=cmd_shares)
 
     args = parser.parse_args(argv)
     if args.debug:

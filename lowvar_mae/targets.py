@@ -309,3 +309,35 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
     basis = pca.fit_pca(images.to(device), dataset=dataset, split="train")
     pca.save_basis(basis, path)
     return basis
+
+
+def kept_variance(spec: str | TargetSpec, images: Tensor | None = None,
+                  basis: pca.PCABasis | None = None) -> dict:
+    """How much of the training images' pixel variance a target keeps (about the mean image).
+
+    pca-*: the kept components' eigenvalues over the total (exact on the images the basis
+    was fitted on); fft-*: :func:`fft_variance_share` on ``images``; pixels: 1; pc-mask:
+    the share removed from the input and scored, drawn per step (its range). norm-pix is
+    not a subspace of the image and has no share. Returns {"target", "kept", "components",
+    "note"}."""
+    spec = parse_target(spec) if isinstance(spec, str) else spec
+    out = {"target": str(spec), "kept": None, "components": None, "note": ""}
+    if spec.kind == "pixels":
+        out["kept"] = 1.0
+    elif spec.kind.startswith("pca-"):
+        if basis is None:
+            raise ValueError(f"target '{spec}' needs the PCA basis to say what it keeps")
+        k = basis.n_components(spec.share, spec.side)
+        out["kept"] = float(basis.cumulative_share(spec.side)[k - 1]) if k else 0.0
+        out["components"] = int(k)
+    elif spec.kind.startswith("fft-"):
+        if images is None:
+            raise ValueError(f"target '{spec}' needs the training images to say what it keeps")
+        out["kept"] = fft_variance_share(images, spec.share, spec.kind.removeprefix("fft-"))
+    elif spec.kind == "pc-mask":
+        lo, hi = (spec.share, spec.share) if spec.share is not None else PC_MASK_RANGE
+        out["note"] = (f"input keeps {1 - hi:.0%}-{1 - lo:.0%} of the variance; the rest is the target, "
+                       "a new random set of components each step")
+    else:
+        out["note"] = "not a subspace of the image"
+    return out

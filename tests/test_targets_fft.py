@@ -84,3 +84,23 @@ def test_radius_for_a_share_keeps_that_share():
         larger = frequency_radius(16, 16)[frequency_radius(16, 16) > r_high]
         if len(larger):
             assert fft_variance_share(x, float(larger.min()), "high") < share
+
+
+def test_kept_variance_of_each_kind_against_an_independent_computation():
+    from lowvar_mae import pca
+    from lowvar_mae.targets import kept_variance
+
+    x = images(n=300, h=6, w=6, seed=3)
+    basis = pca.fit_pca(x.double(), method="covariance")
+    eig = np.sort(np.linalg.eigvalsh(np.cov(x.double().reshape(300, -1).numpy(), rowvar=False)))[::-1]
+    top = kept_variance("pca-top:0.6", x, basis)
+    assert top["kept"] == pytest.approx(eig[:top["components"]].sum() / eig.sum(), rel=1e-9)
+    assert top["kept"] >= 0.6 and eig[:top["components"] - 1].sum() / eig.sum() < 0.6
+    bottom = kept_variance("pca-bottom:0.4", x, basis)
+    assert bottom["components"] + top["components"] == eig.size
+    assert bottom["kept"] + top["kept"] == pytest.approx(1.0, abs=1e-9)
+    assert kept_variance("fft-low:0.3", x)["kept"] == pytest.approx(fft_variance_share(x, 0.3, "low"))
+    assert kept_variance("pixels")["kept"] == 1.0
+    assert kept_variance("pc-mask")["kept"] is None and "10%-90%" in kept_variance("pc-mask")["note"]
+    with pytest.raises(ValueError, match="needs the PCA basis"):
+        kept_variance("pca-top:0.6", x)
