@@ -17,6 +17,7 @@ BOOK_PAGES = {
     "book/executed/03_evaluation.html": 3,
     "book/executed/04_subspace_classification.html": 1,
     "book/executed/05_learning_order.html": 1,
+    "book/executed/06_other_targets.html": 2,
     "book/executed/07_performance.html": 0,
 }
 

@@ -60,6 +60,10 @@
 #    chapter answers with a **CPU protocol**: the whole of CIFAR-10, a smaller ViT of the
 #    same width (6 blocks on 64 patches), 6 pretraining epochs, three seeds per target.
 #    The same grid runs the ViT-Tiny on a GPU when one is there.
+# 4. **The classifiers' view and the learning order**: how well a classifier does on
+#    top or bottom images alone, and which bands of the spectrum an MAE fits first.
+# 5. **Other targets**: normalised pixels, low- and high-pass Fourier targets and PC
+#    masking (PMAE) on the same protocol, in the same table.
 #
 # Every number on these pages is computed by the notebook that shows it, or read from a
 # committed record of a real run that names its code revision, machine and settings. The

@@ -17,6 +17,7 @@ SMALLEST = {
                                    "n_fit": 300},
     "05_learning_order": {"targets": ["pixels"], "epochs": 1, "n_train": 32, "batch_size": 32, "n_eval": 8,
                           "n_fit": 300},
+    "06_other_targets": {},
     "07_performance": {},
 }
 

@@ -60,6 +60,21 @@ def test_paired_differences_use_only_shared_seeds():
     assert one["verdict"].startswith("one seed only")
 
 
+def test_claim_table_outcomes_from_paired_seeds():
+    recs = records({("pixels", "linprobe"): [0.50, 0.52, 0.51],
+                    ("pca-bottom:0.25", "linprobe"): [0.45, 0.46, 0.455],   # clearly below
+                    ("fft-low:0.177", "linprobe"): [0.60, 0.63, 0.61],      # clearly above
+                    ("norm-pix", "linprobe"): [0.51, 0.50, 0.53],           # within the spread
+                    ("pc-mask", "linprobe"): [0.70]})                       # one seed
+    table = report.claim_table(report.paired_differences(recs)).set_index("target")
+    assert table.loc["pca-bottom:0.25", "outcome"] == "contradicted"
+    assert table.loc["fft-low:0.177", "outcome"] == "holds"
+    assert table.loc["norm-pix", "outcome"] == "not shown"
+    assert table.loc["pc-mask", "outcome"] == "open" and table.loc["pc-mask", "n"] == 1
+    assert table.loc["fft-high:0.14", "outcome"] == "no record"
+    assert table.loc["fft-low:0.177", "mean"] == pytest.approx(np.mean([0.10, 0.11, 0.10]))
+
+
 def test_summary_table_spread_reference_and_setup():
     df = records({("pixels", "linprobe"): [0.50, 0.54], ("none", "linprobe"): [0.41],
                   ("pca-bottom:0.25", "knn"): [0.3, 0.32, 0.34]})
