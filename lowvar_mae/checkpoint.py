@@ -1,14 +1,17 @@
 """Checkpoints: model weights and optimiser state as safetensors, bookkeeping as JSON.
 
 A checkpoint is a folder ``checkpoint-eNNNN/`` holding ``model.safetensors``,
-``optimizer.safetensors`` and ``state.json``. It is written under a temporary
-name and renamed when complete; ``latest.json`` then points to it (also written
-atomically). An interrupted write therefore leaves the previous checkpoint as
-the one that loads. Nothing is ever unpickled.
+``optimizer.safetensors`` and ``state.json`` (with the SHA-256 of both tensor files).
+It is written under a temporary name, every file and the folder fsynced, renamed when
+complete, and only then does ``latest.json`` (written atomically) point to it; the
+previous checkpoint is deleted after that. An interrupted write, or a power cut, leaves
+the previous checkpoint as the one that loads. Loading checks the digests, so a
+corrupted or truncated file is named instead of loaded. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,13 +20,34 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .provenance import atomic_write_json
+from .provenance import atomic_write_json, dumps_json, fsync_path
 
 LATEST = "latest.json"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not fit the model."""
+    """A checkpoint is missing, incomplete, corrupted or does not fit the model."""
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """The model has NaN or infinite weights: the run diverged and is not saved."""
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_finite(model: nn.Module, where: str = "") -> None:
+    """Raise NonFiniteWeightsError naming the first parameter with a NaN or infinite value."""
+    for name, value in unwrap(model).state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteWeightsError(f"{name} has non-finite values{' ' + where if where else ''}: the run "
+                                        "diverged (try a lower learning rate, or fp32); nothing was saved")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -61,26 +85,39 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: di
 
 def save_checkpoint(run_dir: str | Path, epoch: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None, state: dict) -> Path:
-    """Write ``checkpoint-e{epoch}`` atomically and point ``latest.json`` to it.
+    """Write ``checkpoint-e{epoch}`` durably and point ``latest.json`` to it.
 
-    Older checkpoints are removed once the new one is in place.
+    Weights are checked for NaN/inf first (NonFiniteWeightsError: nothing is written).
+    Older checkpoints are removed once the new one and the pointer are on disk. A failed
+    write (disk full) removes its temporary folder and raises CheckpointError.
     """
+    check_finite(model, f"at epoch {epoch}")
     run_dir = Path(run_dir)
     name = f"checkpoint-e{epoch:04d}"
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    meta: dict = {"epoch": epoch, **state}
-    if optimizer is not None:
-        tensors, opt_meta = _optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        meta["optimizer"] = opt_meta
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        meta: dict = {"epoch": epoch, **state}
+        if optimizer is not None:
+            tensors, opt_meta = _optimizer_tensors(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            meta["optimizer"] = opt_meta
+        meta["digests"] = {f.name: file_digest(f) for f in sorted(tmp.glob("*.safetensors"))}
+        (tmp / "state.json").write_text(dumps_json(meta, indent=1))
+        for f in tmp.iterdir():
+            fsync_path(f)
+        fsync_path(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_path(run_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {err.strerror or err}; the previous "
+                              f"checkpoint ({_pointer_name(run_dir)}) is intact: free space and resume") from None
     atomic_write_json(run_dir / LATEST, {"checkpoint": name, "epoch": epoch})
     for old in run_dir.glob("checkpoint-e*"):
         if old.name != name:
@@ -88,12 +125,23 @@ def save_checkpoint(run_dir: str | Path, epoch: int, model: nn.Module,
     return final
 
 
+def _pointer_name(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / LATEST).read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError):
+        return "none"
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The folder ``latest.json`` points to, or None if the run has no checkpoint yet."""
     pointer = Path(run_dir) / LATEST
     if not pointer.is_file():
         return None
-    path = Path(run_dir) / json.loads(pointer.read_text())["checkpoint"]
+    try:
+        path = Path(run_dir) / json.loads(pointer.read_text())["checkpoint"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{pointer} is not a valid pointer (expected {{\"checkpoint\": ...}}); delete it to "
+                              "train the run from scratch") from None
     if not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{pointer} points to {path}, which has no model.safetensors")
     return path
@@ -110,7 +158,12 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "") -> None:
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"no weights at {file}")
-    weights = load_file(str(file))
+    verify_digest(file)
+    try:
+        weights = load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types on a damaged header
+        raise CheckpointError(f"{file} cannot be read ({err}); it is damaged: resume from the previous "
+                              "checkpoint or train the run again") from None
     if prefix:
         weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         if not weights:
@@ -131,12 +184,131 @@ def load_weights(model: nn.Module, path: str | Path, prefix: str = "") -> None:
     target.load_state_dict(weights, strict=True)
 
 
+def verify_digest(file: Path) -> None:
+    """Check ``file`` against the SHA-256 its checkpoint's state.json records (when it has one)."""
+    state = file.parent / "state.json"
+    if not state.is_file():
+        return
+    try:
+        expected = json.loads(state.read_text()).get("digests", {}).get(file.name)
+    except ValueError:
+        raise CheckpointError(f"{state} is not valid JSON: the checkpoint is damaged; resume from the previous "
+                              "checkpoint or train the run again") from None
+    if expected and file_digest(file) != expected:
+        raise CheckpointError(f"{file} does not match the SHA-256 in {state.name}: the file is corrupted or "
+                              "truncated; resume from the previous checkpoint or train the run again")
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Restore model (and optimiser) from a checkpoint folder; returns its state.json."""
     path = Path(path)
     load_weights(model, path)
     meta = json.loads((path / "state.json").read_text())
     if optimizer is not None:
+        verify_digest(path / "optimizer.safetensors")
         # load_state_dict moves each state tensor to its parameter's device.
         _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     return meta
+
+
+LOCK = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is training into the same run folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class run_lock:
+    """``with run_lock(run_dir):`` holds ``<run_dir>/.lock`` (pid and host) for the block.
+
+    A second process asking for the same folder gets RunLockedError naming the holder. A
+    lock left by a process that no longer runs (on this host) is stale and taken over.
+    Reentrant within one process."""
+
+    _held: dict[str, int] = {}
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK
+
+    def __enter__(self):
+        import os
+        import socket
+
+        key = str(self.path.resolve())
+        if key in self._held:
+            self._held[key] += 1
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                pid, host = holder.get("pid"), holder.get("host")
+                if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)):
+                    raise RunLockedError(f"{self.path.parent} is in use by process {pid} on {host}; wait for it "
+                                         f"to finish, or delete {self.path} if that process is gone") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self._held[key] = 1
+            return self
+        raise RunLockedError(f"could not take {self.path}")
+
+    def __exit__(self, *exc):
+        key = str(self.path.resolve())
+        self._held[key] -= 1
+        if not self._held[key]:
+            del self._held[key]
+            self.path.unlink(missing_ok=True)
+        return False
+
+
+def staging_dir(run_dir: str | Path) -> Path:
+    """Where a forced rerun of ``run_dir`` trains until it replaces it."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.new"
+
+
+def replace_run(staged: str | Path, final: str | Path) -> Path:
+    """Swap a finished ``staged`` run folder in for ``final``: the old folder is moved aside,
+    the new one renamed into place, and only then the old one deleted."""
+    staged, final = Path(staged), Path(final)
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    fsync_path(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def check_writable(folder: str | Path) -> None:
+    """Raise RuntimeError naming ``folder`` (or its first existing parent) if it cannot be written."""
+    import os
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RuntimeError(f"cannot write the run folder {folder}: {probe} is not writable "
+                           "(set LOWVAR_MAE_RUNS or --runs to a writable folder)")

@@ -69,7 +69,7 @@ def device_info(device: str | None = None) -> dict[str, object]:
     """Name of the device a computation ran on, and the CPU's vector capability."""
     import torch
 
-    from .train import cpu_has_fast_bf16
+    from .hardware import cpu_has_fast_bf16
 
     info = {"device": str(device or "cpu"), "cpu": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_fast_bf16(),
@@ -93,22 +93,61 @@ def provenance(device: str | None = None) -> dict[str, object]:
     }
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's entry to disk (a rename is durable once its folder is)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # folders cannot be opened on some systems; nothing to flush there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    """Write to a temporary file beside ``path``, fsync it, rename it over ``path`` and fsync
+    the folder: readers never see half a file, and a power cut leaves the old or the new one.
+    A failed write (disk full, no permission) leaves no temporary file and says where."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
 
 
+def json_safe(obj: object) -> object:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: object, **kw) -> str:
+    """Strict JSON text: non-finite floats become null, anything else non-JSON raises."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kw)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    return atomic_write_bytes(path, (dumps_json(obj, indent=2, sort_keys=True) + "\n").encode())

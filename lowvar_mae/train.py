@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from .checkpoint import check_finite, latest_checkpoint, load_checkpoint, run_lock, save_checkpoint, unwrap
+from .hardware import cpu_has_fast_bf16
+from .provenance import atomic_write_bytes, dumps_json
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "sdpa", "math")  # lowvar_mae.models.set_attention's kernels, or the device's choice
@@ -92,14 +94,19 @@ def resolve_device(device: str | None) -> torch.device:
     """'auto' or None: CUDA when available, else CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:<index>") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:<index>")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but this machine has no usable CUDA GPU "
+                             "(torch.cuda.is_available() is False); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here")
+    return dev
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
@@ -343,11 +350,37 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceDa
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The run's metrics.jsonl as a list of dicts (one per finished epoch)."""
+    """The run's metrics.jsonl as a list of dicts (one per finished epoch).
+
+    A torn last line (a kill while it was appended) is dropped with a warning; a damaged
+    line before the last one raises ValueError naming the file and line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                import warnings
+
+                warnings.warn(f"{path}: dropped a torn last line (the run was stopped while writing it)")
+                break
+            raise ValueError(f"{path}, line {i + 1} is not valid JSON; the metrics file is damaged "
+                             "(delete the run folder to train again)") from None
+    return out
+
+
+def append_metrics(run_dir: Path, metrics: dict) -> None:
+    """Append one line to metrics.jsonl and flush it to disk."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(dumps_json(metrics) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def train_loop(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData,
@@ -361,18 +394,25 @@ def train_loop(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Opt
     that many epochs (to test and demonstrate resuming).
     """
     run_dir = Path(run_dir)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(run_dir) if dist.is_main else contextlib.nullcontext()
+    with lock:
+        return _train_loop(run_dir, model, optimizer, data, loss_fn, cfg, device, dist, on_epoch_end,
+                           progress, stop_after)
+
+
+def _train_loop(run_dir, model, optimizer, data, loss_fn, cfg, device, dist, on_epoch_end, progress, stop_after):
     start_epoch, last_good = 0, "none"
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         start_epoch = load_checkpoint(ckpt, model, optimizer)["epoch"]
         last_good = str(ckpt)
-        # metrics.jsonl may hold lines of epochs after the checkpoint: drop them.
-        kept = [m for m in read_metrics(run_dir) if m["epoch"] <= start_epoch]
-        if dist.is_main:
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
+    # metrics.jsonl may hold lines of epochs after the checkpoint (or, before the first
+    # checkpoint, of an epoch whose weights were lost): keep only what the weights reflect.
     history = read_metrics(run_dir)
+    kept = [m for m in history if m["epoch"] <= start_epoch]
+    if dist.is_main and (run_dir / "metrics.jsonl").is_file():  # also drops a torn last line
+        atomic_write_bytes(run_dir / "metrics.jsonl", "".join(dumps_json(m) + "\n" for m in kept).encode())
+    history = kept
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     epochs = range(start_epoch, end)
     bar = None
@@ -382,11 +422,11 @@ def train_loop(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Opt
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="epochs")
     for epoch in epochs:
         metrics = run_epoch(model, optimizer, data, loss_fn, epoch, cfg, device, dist, last_good)
+        check_finite(model, f"after epoch {epoch + 1} (last good checkpoint: {last_good})")
         if on_epoch_end is not None:
             metrics.update(on_epoch_end(epoch + 1, metrics) or {})
         if dist.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            append_metrics(run_dir, metrics)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 last_good = str(save_checkpoint(run_dir, epoch + 1, model, optimizer,
                                                 {"step": (epoch + 1) * data.steps_per_epoch}))
