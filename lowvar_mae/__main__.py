@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:  # bad input: one line, no traceback
+    except (ValueError, RuntimeError, OSError, FloatingPointError) as err:  # one line, no traceback
         print(f"lowvar-mae {args.command}: error: {err}", file=sys.stderr)
         return 2
 

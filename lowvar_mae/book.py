@@ -36,12 +36,26 @@ def find_notebook(name: str) -> Path:
     raise ValueError(f"unknown notebook {name!r}; known: {known}")
 
 
+def notebook_parameters(nb) -> list[str]:
+    """Names assigned in the notebook's cell tagged "parameters" (in order)."""
+    import ast
+
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)]
+    return []
+
+
 def execute_notebook(source: str | Path, output: str | Path, parameters: dict | None = None,
                      timeout: int | None = None, progress: bool = False) -> Path:
     """Run a py:percent notebook headlessly with papermill and write the executed .ipynb.
 
     The output appears only if the whole notebook ran; a failing cell raises
-    ``papermill.PapermillExecutionError`` naming the cell and leaves no output file.
+    ``papermill.PapermillExecutionError`` naming the cell and leaves no output file. A
+    parameter the notebook does not declare raises ValueError before anything runs.
     """
     import jupytext
     import nbformat
@@ -49,6 +63,11 @@ def execute_notebook(source: str | Path, output: str | Path, parameters: dict | 
 
     source, output = Path(source), Path(output)
     nb = jupytext.read(source)
+    known = notebook_parameters(nb)
+    unknown = sorted(set(parameters or {}) - set(known))
+    if unknown:
+        raise ValueError(f"{source.name} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are: {', '.join(known) or 'none'}")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     with tempfile.TemporaryDirectory() as tmp:
         done = Path(tmp) / output.name

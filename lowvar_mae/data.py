@@ -242,7 +242,7 @@ def _load_cache(folder: Path, name: str, split: str, info: DatasetInfo) -> Image
     if not files:
         return None
     loaded = [_read_npz(path, info) for path in files]
-    starts = [start for _, _, _, start in loaded]
+    starts = [start for _, _, _, start, _ in loaded]
     if all(start is not None for start in starts):
         order = sorted(range(len(files)), key=lambda i: starts[i])
         expected = 0
@@ -259,6 +259,14 @@ def _load_cache(folder: Path, name: str, split: str, info: DatasetInfo) -> Image
         )
     else:
         order = list(range(len(files)))
+    totals = {t for *_, t in loaded if t is not None}
+    count = sum(len(x[0]) for x in loaded)
+    if len(totals) > 1:
+        raise DatasetFormatError(f"the parts in {folder} declare different split sizes {sorted(totals)}")
+    if totals and count != next(iter(totals)):
+        raise DatasetFormatError(
+            f"the parts {[p.name for p in files]} in {folder} hold {count:,} images, but the split "
+            f"declares {next(iter(totals)):,}: a part is missing; copy every part of {name} {split}")
     classes = loaded[order[0]][2]
     for i in order[1:]:
         if loaded[i][2] != classes:
@@ -275,7 +283,7 @@ def _join(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _read_npz(
     path: Path, info: DatasetInfo
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], int | None]:
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], int | None, int | None]:
     """Read and check one cache file: x uint8 (N, H, W, C), y int64 (N,), classes, index_start."""
     try:
         with np.load(path) as npz:
@@ -286,6 +294,7 @@ def _read_npz(
                 )
             images, labels, classes = npz["x"], npz["y"], npz["classes"]
             index_start = int(npz["index_start"]) if "index_start" in npz.files else None
+            total = int(npz["total"]) if "total" in npz.files else None
     except DatasetFormatError:
         raise
     except Exception as err:  # zip, pickle and array errors all mean a corrupt file
@@ -313,11 +322,11 @@ def _read_npz(
             f"{path}: labels must lie in [-1, {info.num_classes - 1}], "
             f"got [{labels.min()}, {labels.max()}]"
         )
-    return images, labels, tuple(str(c) for c in classes), index_start
+    return images, labels, tuple(str(c) for c in classes), index_start, total
 
 
 def _write_cache(path: Path, dataset: ImageDataset, *, index_start: int = 0, compress: bool = False,
-                 warn: bool = True) -> None:
+                 warn: bool = True, total: int | None = None) -> None:
     """Write ``dataset`` in the cache format, atomically (temp file + os.replace).
 
     Uncompressed by default, so later loads cost one read. With ``warn``, a folder that
@@ -335,6 +344,7 @@ def _write_cache(path: Path, dataset: ImageDataset, *, index_start: int = 0, com
                 y=dataset.labels,
                 classes=np.array(dataset.classes, dtype=str),
                 index_start=np.int64(index_start),
+                **({} if total is None else {"total": np.int64(total)}),
             )
         os.replace(tmp_path, path)
     except OSError as err:
@@ -348,7 +358,8 @@ def _write_cache(path: Path, dataset: ImageDataset, *, index_start: int = 0, com
 
 def save_shards(dataset: ImageDataset, root: str | os.PathLike, size: int = 10_000) -> list[Path]:
     """Re-save ``dataset`` as parts of at most ``size`` images in the cache format, compressed:
-    ``<root>/<name>/<name>_<split>_<k>.npz`` with their ``index_start``. A data root holding
+    ``<root>/<name>/<name>_<split>_<k>.npz`` with their ``index_start`` and the split's
+    ``total``, so a data root missing a part is refused, not read short. A data root holding
     the parts loads as the whole split; a part of CIFAR's 10,000 images is about 28 MB, small
     enough to carry to another machine a few at a time. Lossless (PNG-like zip), never JPEG.
     """
@@ -364,7 +375,7 @@ def save_shards(dataset: ImageDataset, root: str | os.PathLike, size: int = 10_0
         part = ImageDataset(dataset.name, dataset.split, dataset.images[start:start + size],
                             dataset.labels[start:start + size], dataset.classes)
         path = folder / f"{dataset.name}_{dataset.split}_{k:02d}.npz"
-        _write_cache(path, part, index_start=start, compress=True, warn=False)
+        _write_cache(path, part, index_start=start, compress=True, warn=False, total=len(dataset))
         paths.append(path)
     return paths
 

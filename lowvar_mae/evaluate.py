@@ -63,7 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (CheckpointError, check_writable, latest_checkpoint, load_weights, replace_run,
+                         save_checkpoint, staging_dir)
 from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, get_config, pool_tokens, set_attention
@@ -153,6 +154,8 @@ class _EvalConfig(RunConfig):
     NOT_IN_NAME = NOT_IN_NAME
 
     def __post_init__(self) -> None:
+        self.check_types()
+        self.check_range("seed", 0)
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
         if self.target != NO_TARGET:  # canonical spelling, e.g. 'pca-bottom:0.250' -> 'pca-bottom:0.25'
@@ -221,6 +224,13 @@ class FinetuneConfig(_EvalConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_range("base_lr", 0, low_open=True)
+        self.check_range("weight_decay", 0)
+        self.check_range("betas", 0, 1, high_open=True)
+        self.check_range("momentum", 0, 1, high_open=True)
+        self.check_range("label_smoothing", 0, 1, high_open=True)
+        self.check_range("head_dropout", 0, 1, high_open=True)
+        self.check_range("head_init_std", 0, low_open=True)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.recipe not in RECIPES[self.protocol]:
@@ -845,16 +855,18 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
     root: the runs folder (pretraining runs are looked up there too); results_root: where
     records go (default $LOWVAR_MAE_RESULTS or the checkout's results/). A loaded run
     writes its record only if none of that run is under ``results_root`` yet, so
-    re-running a notebook does not count a run twice. force: delete the run folder
-    (not the pretraining run) and evaluate again.
+    re-running a notebook does not count a run twice. force: evaluate again into a staging
+    folder that replaces the run folder (not the pretraining run) only when it finishes.
     """
     dev = resolve_device(device)
     dist = init_distributed(dev)
     if dev.type == "cuda" and dist.world_size > 1:
         dev = torch.device("cuda", dist.local_rank)
-    run_dir = runs_dir(root) / config.run_name
-    if force and dist.is_main:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    final_dir = run_dir = runs_dir(root) / config.run_name
+    if force:  # evaluate again beside the old run; it is replaced only when the new one finishes
+        run_dir = staging_dir(final_dir)
+        if dist.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     summary_file = run_dir / "summary.json"
     if summary_file.is_file():
@@ -887,6 +899,7 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
                          val_fraction=config.val_fraction, seed=config.seed, device=dev)
 
     if dist.is_main:
+        check_writable(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
         if not (run_dir / "provenance.json").is_file():
@@ -906,6 +919,9 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
     result.summary.update(pretrain_info, wall_seconds=time.perf_counter() - start, device=str(dev))
     if dist.is_main:
         atomic_write_json(summary_file, result.summary)
+        if run_dir != final_dir:
+            run_dir = replace_run(run_dir, final_dir)
+            result.run_dir = run_dir
         if record:
             result.record = write_record(RECORD_KIND, _record_fields(config, result.summary, run_dir),
                                          device=str(dev), root=results_root)

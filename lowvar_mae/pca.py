@@ -104,6 +104,7 @@ class PCABasis:
     method: str
     dataset: str = ""
     split: str = "train"
+    source: str = ""  # digest of the images fitted on (targets.images_digest), "" if unknown
 
     @property
     def dim(self) -> int:
@@ -147,7 +148,7 @@ class PCABasis:
     def to(self, device: torch.device | str) -> "PCABasis":
         return PCABasis(
             self.mean.to(device), self.eigenvalues.to(device), self.components.to(device),
-            self.image_shape, self.n_samples, self.method, self.dataset, self.split,
+            self.image_shape, self.n_samples, self.method, self.dataset, self.split, self.source,
         )
 
     def metadata(self) -> dict[str, object]:
@@ -161,6 +162,7 @@ class PCABasis:
             "method": self.method,
             "n_stored": self.n_stored,
             "share_convention": SHARE_CONVENTION,
+            "source": self.source,
         }
 
 
@@ -591,4 +593,5 @@ def load_basis(path: str | os.PathLike, device: torch.device | str = "cpu") -> P
         method=meta["method"],
         dataset=meta["dataset"],
         split=meta["split"],
+        source=meta.get("source", ""),
     )

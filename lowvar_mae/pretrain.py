@@ -20,13 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import latest_checkpoint, load_weights, unwrap
+from .checkpoint import check_writable, latest_checkpoint, load_weights, replace_run, staging_dir, unwrap
 from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import MAE, build_mae, get_config, set_attention
 from .provenance import atomic_write_json, provenance, runs_dir
-from .targets import PCMasking, dataset_basis, make_pc_masking, make_target, parse_target
-from .train import (ATTENTIONS, AUGMENTATIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
+from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
+from .pca import BOTTOM_METHODS as PCA_METHODS
+from .train import (ATTENTIONS, AUGMENTATIONS, PRECISIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
                     fits_on, init_distributed, normalize, read_metrics, resolve_attention, resolve_device,
                     resolve_precision, scaled_lr, train_loop)
 
@@ -85,11 +86,20 @@ class PretrainConfig(RunConfig):
     NOT_IN_NAME = ("compile", "attention", "probe_every")  # do not change what is learned
 
     def __post_init__(self):
+        self.check_types()
+        self.check_range("base_lr", 0, low_open=True)
+        self.check_range("weight_decay", 0)
+        self.check_range("betas", 0, 1, high_open=True)
+        self.check_range("seed", 0)
+        if self.n_train is not None and self.n_train < 2:
+            raise ValueError(f"n_train must be None or an integer >= 2, got {self.n_train!r}")
+        if self.pca_method not in PCA_METHODS:
+            raise ValueError(f"pca_method must be one of {PCA_METHODS}, got {self.pca_method!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
         spec = parse_target(self.target)
-        if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, (int, float)):
-            raise ValueError(f"mask_ratio must be a number in [0, 1), got {self.mask_ratio!r}")
         if self.mask_ratio == 0 and not spec.masks_components:
             raise ValueError(f"mask_ratio 0 hides no patch, so target {self.target!r} would be copied from the input; "
                              "it is only allowed with target pc-mask (which masks components instead)")
@@ -197,7 +207,9 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
              epoch_hooks: list[Callable] | None = None) -> PretrainRun:
     """Train ``config`` (resuming its run folder), or load it if already finished.
 
-    force: delete the run folder and train again. stop_after: stop after that many
+    force: train again into a staging folder beside the run, which replaces the old run
+    folder only once the new run has finished (a failed or stopped forced run leaves the
+    old one as it was). stop_after: stop after that many
     epochs of this call (the run resumes later). epoch_hooks: functions
     ``hook(model, epoch) -> dict`` whose results are added to the epoch's metrics.
     """
@@ -205,39 +217,43 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
     dist = init_distributed(dev)
     if dev.type == "cuda" and dist.world_size > 1:
         dev = torch.device("cuda", dist.local_rank)
-    run_dir = runs_dir(root) / config.run_name
+    final_dir = run_dir = runs_dir(root) / config.run_name
     torch.manual_seed(config.seed)  # the initial weights
     model = build_mae(config.model, mask_ratio=config.mask_ratio).to(dev)
-    if force and dist.is_main:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if is_finished(run_dir, config):
+    if not force and is_finished(run_dir, config):
         load_weights(model, latest_checkpoint(run_dir))
         return PretrainRun(run_dir, config, model, read_metrics(run_dir), trained_now=False)
+    if force:  # train beside the old run; it is replaced only when the new one finishes
+        run_dir = staging_dir(final_dir)
+        if dist.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
+    # Everything that can fail on bad input happens before the run folder is written.
     precision = resolve_precision(dev, config.precision)
     attention = resolve_attention(dev, precision, config.attention)
     set_attention(model, attention)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
-        if not (run_dir / "provenance.json").is_file():
-            atomic_write_json(run_dir / "provenance.json",
-                              {**provenance(str(dev)), "seed": config.seed, "precision": precision,
-                               "attention": attention, "world_size": dist.world_size})
-
-    train = load_dataset(config.dataset, "train")
-    if config.n_train is not None:
-        train = train.subset(config.n_train, seed=config.seed)
+    full = load_dataset(config.dataset, "train")
+    train = full.subset(config.n_train, seed=config.seed) if config.n_train is not None else full
     images = train.to_tensor()
     if fits_on(dev, images.numel()):
         images = images.to(dev)
     basis = None
     spec = parse_target(config.target)
     if spec.needs_basis:
-        basis = dataset_basis(config.dataset, root=root, device=dev)
+        basis = dataset_basis(config.dataset, images=full.to_tensor() if config.n_train is not None else images.cpu(),
+                              root=root, device=dev)
     target_fn = make_target(config.target, basis=basis, patch_size=model.config.patch_size,
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
     pc_masking = make_pc_masking(spec, basis, device=dev) if spec.masks_components else None
+    if dist.is_main:
+        check_writable(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
+        if not (run_dir / "provenance.json").is_file():
+            atomic_write_json(run_dir / "provenance.json",
+                              {**provenance(str(dev)), "seed": config.seed, "precision": precision,
+                               "attention": attention, "world_size": dist.world_size,
+                               "pca_basis": basis_provenance(basis) if basis is not None else None})
     recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
 
     data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist, device=dev)
@@ -301,6 +317,9 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
             "parameters": sum(p.numel() for p in model.parameters()),
             "probe_curve": probe_curve(run_dir),
         })
+        if run_dir != final_dir:
+            replace_run(run_dir, final_dir)
+            run_dir = final_dir
     return PretrainRun(run_dir, config, model, metrics, trained_now=True)
 
 

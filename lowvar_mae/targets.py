@@ -27,6 +27,7 @@ for all of them (``MAE.forward_loss``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -286,10 +287,21 @@ def make_target(spec: str | TargetSpec, *, basis: pca.PCABasis | None = None, pa
     return lambda x01: (flt(x01) - 0.5) / 0.5
 
 
-def basis_path(dataset: str, n_images: int | None = None, root: str | os.PathLike | None = None) -> Path:
-    """Where the cached PCA basis of a dataset's training split lives (under the runs folder)."""
-    suffix = "" if n_images is None else f"-n{n_images}"
-    return runs_dir(root) / "pca" / f"{dataset}-train{suffix}.safetensors"
+def images_digest(images: Tensor) -> str:
+    """SHA-256 (hex) of a uint8 image tensor's shape and bytes: which images a basis saw."""
+    import hashlib
+
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images_digest needs the uint8 images, got {images.dtype}")
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def basis_path(dataset: str, source: str, root: str | os.PathLike | None = None) -> Path:
+    """Where the cached PCA basis of a dataset's training images lives (under the runs
+    folder), keyed by the images' digest: another data root, subset or copy gets its own."""
+    return runs_dir(root) / "pca" / f"{dataset}-train-{source[:12]}.safetensors"
 
 
 def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.PathLike | None = None,
@@ -297,19 +309,32 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
     """The PCA basis of ``dataset``'s training split: loaded from the cache, or fitted and cached.
 
     images: the training images (N, C, H, W) uint8 to fit on; loaded when not given.
-    The fit always uses the training split only.
+    The fit always uses the training split only. The cache is keyed by the digest of the
+    images; a cached file whose recorded source is not that digest is refused.
     """
-    path = basis_path(dataset, root=root)
-    if path.is_file() and not refit:
-        return pca.load_basis(path, device=device)
     if images is None:
         from .data import load_dataset
 
         images = load_dataset(dataset, "train").to_tensor()
+    source = images_digest(images)
+    path = basis_path(dataset, source, root=root)
+    if path.is_file() and not refit:
+        basis = pca.load_basis(path, device=device)
+        if basis.source != source or basis.dataset != dataset or basis.split != "train":
+            raise ValueError(f"{path} was fitted on other images ({basis.dataset}/{basis.split}, source "
+                             f"{basis.source[:12] or 'unknown'}) than {dataset}'s training split here "
+                             f"(source {source[:12]}); delete it to fit again")
+        return basis
     basis = pca.fit_pca(images.to(device), dataset=dataset, split="train")
+    basis = dataclasses.replace(basis, source=source)
     pca.save_basis(basis, path)
     return basis
 
+
+def basis_provenance(basis: pca.PCABasis) -> dict:
+    """What a run records about the basis its target used."""
+    return {"dataset": basis.dataset, "split": basis.split, "n_samples": basis.n_samples, "method": basis.method,
+            "source": basis.source, "n_stored": basis.n_stored}
 
 def kept_variance(spec: str | TargetSpec, images: Tensor | None = None,
                   basis: pca.PCABasis | None = None) -> dict:

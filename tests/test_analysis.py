@@ -1,5 +1,6 @@
 """Subspace classification and learning-order analyses: invariants and cross-checks."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ from lowvar_mae import analysis, pca
 from lowvar_mae.data import load_dataset, make_synthetic
 from lowvar_mae.models import build_mae
 from lowvar_mae.pretrain import make_config, pretrain
-from lowvar_mae.targets import basis_path, make_target
+from lowvar_mae.targets import basis_path, images_digest, make_target
 from lowvar_mae.train import read_metrics
 
 
@@ -208,7 +209,9 @@ def test_hook_returns_bands_for_a_micro_model():
 def test_hook_lands_in_metrics_and_a_run_without_bands_is_retrained(runs):
     config = make_config("quick", "synthetic", epochs=1, batch_size=32, n_train=64)
     small = pca.fit_pca(load_dataset("synthetic", "train", n=120).to_tensor(), dataset="synthetic")
-    pca.save_basis(small, basis_path("synthetic"))  # dataset_basis finds it instead of fitting 5000 images
+    source = images_digest(load_dataset("synthetic", "train").to_tensor())
+    # dataset_basis finds it (keyed and labelled with the whole split's digest) instead of fitting 5000 images
+    pca.save_basis(dataclasses.replace(small, source=source), basis_path("synthetic", source))
 
     plain = pretrain(config, device="cpu", progress=False)  # another chapter's run: no hook
     assert "band_rel_error" not in plain.metrics[0]

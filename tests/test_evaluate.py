@@ -228,10 +228,16 @@ def fake_pretrain_run(runs, name, mae, *, finished=True, config=None):
 
 
 def edit_weights(run, fn):
+    """Rewrite a checkpoint's weights as if it had been saved with them (digest updated)."""
+    from lowvar_mae.checkpoint import file_digest
+
     path = latest_checkpoint(run) / "model.safetensors"
     weights = load_file(str(path))
     fn(weights)
     save_file(weights, str(path))
+    state = json.loads((path.parent / "state.json").read_text())
+    state["digests"]["model.safetensors"] = file_digest(path)
+    (path.parent / "state.json").write_text(json.dumps(state))
 
 
 def test_bad_pretraining_runs_fail_clearly(dirs):

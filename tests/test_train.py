@@ -262,7 +262,8 @@ def test_pretrain_run_folder_resume_and_reload(runs):
     assert {"loss", "lr", "images_per_s", "seconds"} <= set(json.loads(lines[0]))
     recon = load_file(str(run / "recon" / "epoch-0002.safetensors"))
     assert recon["prediction"].shape == recon["target"].shape == (8, 3, 32, 32)
-    assert (runs / "pca" / "synthetic-train.safetensors").is_file()
+    assert len(list((runs / "pca").glob("synthetic-train-*.safetensors"))) == 1
+    assert json.loads((run / "provenance.json").read_text())["pca_basis"]["source"]
     # a finished config loads instead of training
     again = pretrain(cfg, progress=False)
     assert not again.trained_now and len(again.metrics) == 2
