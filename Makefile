@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 # Extra arguments for pytest, e.g. make test PYTEST_ARGS="-m slow"
 PYTEST_ARGS ?=
 
-.PHONY: install book notebooks html check-book test clean
+.PHONY: install book notebooks html check-book test lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ html: $(STAMP)
 
 check-book: $(STAMP)
 	$(PY) -m lowvar_mae check-book
+
+## Interactive: JupyterLab on the notebooks (py:percent files open as notebooks).
+lab: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[lab]"
+	$(VENV)/bin/jupyter lab notebooks/
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ go to ``book/executed/`` and the book is built from those, never re-executed.
 from __future__ import annotations
 
 import html.parser
+import re
 import shutil
 import subprocess
 import tempfile
@@ -110,11 +111,132 @@ def check_page(page: Path, min_images: int = 1) -> list[str]:
     return problems
 
 
+# Pages taller than this (CSS pixels at 1280 px width) read as a wall: split or shorten them.
+MAX_PAGE_HEIGHT = 16_000
+_HIDDEN_CELL = ("tag_hide-cell", "tag_hide-input", "tag_remove-input", "tag_remove-cell")
+_CODE_TAGS = {"code", "pre", "script", "style", "mjx-container", "textarea"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+_REPRS = (re.compile(r"\bText\(-?[0-9.]+, -?[0-9.]+, '"), re.compile(r"<(Figure|Axes|matplotlib)[^>]*>"),
+          re.compile(r"<pandas\.io\.formats\.style\.Styler object|<pandas\.io\.formats\.style\.Styler at 0x"))
+_WARNINGS = re.compile(r"(Traceback \(most recent call last\)|\b\w*(Warning|Error): )")
+
+
+class _Dom(html.parser.HTMLParser):
+    """Walks a rendered page: visible text (outside code and typeset math), text inside cell
+    outputs, math elements and whether MathJax typeset them, and where the title and the
+    first visible code cell are."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, str]] = []
+        self.text: list[str] = []
+        self.output_text: list[str] = []
+        self.math_open: list[int] = []  # stack depth of open math elements
+        self.math_total = self.math_typeset = 0
+        self._typeset_here: list[bool] = []
+        self.events: list[str] = []  # "h1" and "code" in document order
+
+    def _inside(self, pred) -> bool:
+        return any(pred(tag, cls) for tag, cls in self.stack)
+
+    def handle_starttag(self, tag, attrs):
+        cls = dict(attrs).get("class") or ""
+        if tag in _VOID:
+            return
+        if "math" in cls.split() and tag in ("span", "div"):
+            self.math_total += 1
+            self.math_open.append(len(self.stack))
+            self._typeset_here.append(False)
+        if tag == "mjx-container" and self._typeset_here:
+            self._typeset_here[-1] = True
+        if tag == "h1":
+            self.events.append("h1")
+        if "cell_input" in cls.split() and not self._inside(lambda t, c: any(h in c for h in _HIDDEN_CELL)):
+            self.events.append("code")
+        self.stack.append((tag, cls))
+
+    def handle_endtag(self, tag):
+        if tag in _VOID:
+            return
+        while self.stack:
+            t, _ = self.stack.pop()
+            if self.math_open and len(self.stack) == self.math_open[-1]:
+                self.math_open.pop()
+                self.math_typeset += self._typeset_here.pop()
+            if t == tag:
+                break
+
+    def handle_data(self, data):
+        if not data.strip() or self._inside(lambda t, c: t in _CODE_TAGS or "highlight" in c.split()):
+            return
+        if self._inside(lambda t, c: t == "div" and "cell_output" in c):
+            self.output_text.append(data)
+        self.text.append(data)
+
+
+def dom_problems(dom: str, name: str = "page") -> list[str]:
+    """Defects of a rendered page's DOM (after its scripts ran): raw glue or role text, math
+    that MathJax did not typeset, reprs of Python objects or warnings in cell outputs, and a
+    visible code cell above the title."""
+    parser = _Dom()
+    parser.feed(dom)
+    text = "\n".join(parser.text)
+    problems = []
+    for raw in ("{glue", "{cite}", "{ref}", "{doc}", "{math}"):
+        if raw in text:
+            problems.append(f"{name}: raw role text {raw!r} on the page")
+    for mark in ("\\(", "\\[", "$$"):
+        if mark in text:
+            problems.append(f"{name}: untypeset math {mark!r} outside code")
+    if parser.math_total > parser.math_typeset:
+        problems.append(f"{name}: {parser.math_total - parser.math_typeset} of {parser.math_total} math elements "
+                        "were not typeset (is MathJax served locally?)")
+    out = "\n".join(parser.output_text)
+    for pattern in _REPRS:
+        hit = pattern.search(out)
+        if hit:
+            problems.append(f"{name}: a Python repr in a cell output: {hit.group(0)!r}")
+    hit = _WARNINGS.search(out)
+    if hit:
+        problems.append(f"{name}: a warning or error in a cell output: {hit.group(0).strip()!r}")
+    if "code" in parser.events and ("h1" not in parser.events or parser.events.index("code") < parser.events.index("h1")):
+        problems.append(f"{name}: a visible code cell comes before the page title")
+    return problems
+
+
+def dump_dom(page: Path, browser: str | None = None) -> str:
+    """The page's DOM after headless Chromium ran its scripts (MathJax included)."""
+    browser = browser or chromium()
+    if browser is None:
+        raise FileNotFoundError("headless Chromium not found (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", page.resolve().as_uri()],
+            check=True, capture_output=True, timeout=120, text=True)
+    return done.stdout
+
+
+def height_problem(png: Path, limit: int = MAX_PAGE_HEIGHT, name: str = "page") -> str | None:
+    """A screenshot ``limit`` pixels tall whose bottom band still shows content means the page
+    is taller than the limit."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
+    band = pixels[-120:]
+    if band.std() > 2 or band.mean() < 250:
+        return f"{name}: taller than {limit} px at 1280 px width; shorten it"
+    return None
+
+
 def chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
-def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000, browser: str | None = None) -> Path:
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000, browser: str | None = None,
+               blank_ok: bool = False) -> Path:
     """Render ``page`` in headless Chromium and save a screenshot; raise if it is blank."""
     import numpy as np
     from PIL import Image
@@ -132,7 +254,7 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000, bro
             check=True, capture_output=True, timeout=120,
         )
     pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
-    if pixels.std() < 5:
+    if pixels.std() < 5 and not blank_ok:
         raise RuntimeError(f"screenshot {png} of {page} looks blank (pixel std {pixels.std():.1f})")
     return png
 
@@ -140,7 +262,9 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000, bro
 def check_book(html_dir: str | Path, pages: dict[str, int], shots: str | Path | None = None) -> list[str]:
     """Check the built book: each page (relative path -> minimum images) exists and rendered.
 
-    With ``shots``, every page is also rendered in headless Chromium to a PNG there.
+    With ``shots``, every page is also rendered in headless Chromium to a PNG there, its
+    DOM after MathJax checked (:func:`dom_problems`) and its height checked against
+    :data:`MAX_PAGE_HEIGHT`.
     Returns the list of problems (empty when the book is fine).
     """
     html_dir = Path(html_dir)
@@ -152,8 +276,13 @@ def check_book(html_dir: str | Path, pages: dict[str, int], shots: str | Path | 
             continue
         problems += check_page(page, min_images)
         if shots is not None:
+            stem = Path(rel).with_suffix("").as_posix().replace("/", "_")
             try:
-                screenshot(page, Path(shots) / (Path(rel).with_suffix("").as_posix().replace("/", "_") + ".png"))
+                screenshot(page, Path(shots) / f"{stem}.png")
+                problems += dom_problems(dump_dom(page), rel)
+                tall = screenshot(page, Path(shots) / f".{stem}-height.png", height=MAX_PAGE_HEIGHT, blank_ok=True)
+                problems += [p for p in [height_problem(tall, MAX_PAGE_HEIGHT, rel)] if p]
+                tall.unlink()
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                problems.append(f"{page}: screenshot failed: {e}")
+                problems.append(f"{page}: rendering failed: {e}")
     return problems

@@ -18,7 +18,8 @@
 # each pretraining target and seed, an MAE is pretrained on the whole CIFAR-10 training
 # split, then its frozen encoder is probed by a **linear probe** and a **kNN** classifier;
 # the target "none" is the same encoder at its random initial weights. Every number below
-# is read from a record under `results/eval/`; the build never trains to make them.
+# is read from a record under `results/eval/`; the build never trains to make them. The
+# probes follow MAE {cite}`he2022mae` (linear) and DINO {cite}`caron2021dino` (kNN).
 #
 # Choices made while training or probing (which features to probe, the probe's best
 # epoch) look only at a validation split of 5,000 images cut from the training split;

@@ -18,12 +18,12 @@
 # reconstruction task for masked autoencoders than raw pixels:
 #
 # * **normalised pixels**, each patch scaled to zero mean and unit variance (MAE, He et
-#   al. 2022);
-# * **frequency-filtered targets**: PixMIM (Liu et al. 2023) reports that a *low-pass*
+#   al. 2022, {cite}`he2022mae`);
+# * **frequency-filtered targets**: PixMIM (Liu et al., {cite}`liu2023pixmim`) reports that a *low-pass*
 #   target helps, the opposite direction to the low-variance argument, whose Fourier
 #   analogue is a *high-pass* target (fine detail);
 # * **PC masking** (PMAE, Bizeul et al., "Components Beat Patches"): hide a random set of
-#   principal components instead of patches, and predict them; the encoder sees every
+#   principal components instead of patches, and predict them ({cite}`bizeul2025pmae`); the encoder sees every
 #   patch of an image whose masked components were removed.
 #
 # They were never compared on one protocol. Here they share the encoder, the data, the

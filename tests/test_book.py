@@ -64,3 +64,66 @@ def test_records_are_read_from_the_build_and_the_committed_folder(tmp_path, monk
     assert (tmp_path / "build" / "probe-kind").is_dir()
     assert not (provenance.repo_root() / "results" / "probe-kind").exists()
     assert len(load_records("probe-kind")) == 1
+
+
+# ---------------------------------------------------------------- rendered-page checks
+
+GOOD = """<html><body><main>
+<h1>Chapter</h1><p>Text with math <span class="math notranslate nohighlight"><mjx-container jax="CHTML">
+<mjx-math>x</mjx-math></mjx-container></span>.</p>
+<div class="cell tag_parameters tag_hide-cell docutils container"><div class="cell_input docutils container">
+<div class="highlight"><pre>dataset = "synthetic"</pre></div></div></div>
+<div class="cell tag_remove-input docutils container"><div class="cell_output docutils container">
+<div class="output text_html"><table><tr><td>0.563</td></tr></table></div></div></div>
+<p>Code such as <code>\\(x\\)</code> may hold anything.</p>
+</main></body></html>"""
+
+DEFECTS = {
+    "raw role text '{glue": GOOD.replace("Text with math", "For the {glue:text}`first_target` target"),
+    "untypeset math '\\\\('": GOOD.replace("Text with math", "The mean \\(X\\) of"),
+    "were not typeset": GOOD.replace('<mjx-container jax="CHTML">\n<mjx-math>x</mjx-math></mjx-container>', "\\(x\\)"),
+    "a Python repr": GOOD.replace("<td>0.563</td>", "<td>Text(0.5, 1.02, 'epoch 1')</td>"),
+    "a warning or error": GOOD.replace("<td>0.563</td>", "<td>UserWarning: something went wrong</td>"),
+    "before the page title": GOOD.replace("<h1>Chapter</h1>", "").replace(
+        "</main>", '<div class="cell docutils container"><div class="cell_input docutils container"><pre>x = 1</pre>'
+        '</div></div><h1>Chapter</h1></main>', 1).replace("tag_parameters tag_hide-cell ", ""),
+}
+
+
+def test_a_clean_page_passes_the_dom_checks():
+    assert book.dom_problems(GOOD) == []
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_each_defect_class_fails_the_dom_checks(defect):
+    problems = book.dom_problems(DEFECTS[defect], "page.html")
+    assert any(defect in p for p in problems), problems
+
+
+def test_a_figure_repr_and_a_title_below_code_are_caught():
+    page = GOOD.replace("<td>0.563</td>", "<td>&lt;Figure size 640x480 with 1 Axes&gt;</td>")
+    assert any("<Figure" in p for p in book.dom_problems(page))
+
+
+def test_height_check_on_screenshots(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    short = np.full((1000, 200), 255, dtype=np.uint8)
+    short[:400] = 30  # content at the top, white below: the page ends inside the window
+    tall = np.full((1000, 200), 255, dtype=np.uint8)
+    tall[::7] = 0     # content down to the bottom edge
+    Image.fromarray(short).save(tmp_path / "short.png")
+    Image.fromarray(tall).save(tmp_path / "tall.png")
+    assert book.height_problem(tmp_path / "short.png", 1000) is None
+    assert "taller than 1000 px" in book.height_problem(tmp_path / "tall.png", 1000)
+
+
+@pytest.mark.skipif(book.chromium() is None, reason="headless Chromium is not installed")
+def test_chromium_typesets_math_only_when_mathjax_loads(tmp_path):
+    """In the real browser: a page whose MathJax script is missing leaves its math raw."""
+    page = tmp_path / "page.html"
+    page.write_text('<html><body><h1>T</h1><p><span class="math notranslate nohighlight">\\(x^2\\)</span></p>'
+                    '<script src="missing/tex-chtml.js"></script></body></html>')
+    problems = book.dom_problems(book.dump_dom(page))
+    assert any("were not typeset" in p for p in problems) and any("untypeset math" in p for p in problems)

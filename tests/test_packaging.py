@@ -18,7 +18,7 @@ def _name(requirement: str) -> str:
 def test_environment_yml_lists_every_dependency():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     needed = {_name(r) for r in project["dependencies"]}
-    for extra in ("book", "test"):
+    for extra in ("book", "test", "lab"):
         needed |= {_name(r) for r in project["optional-dependencies"][extra]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "python=3.11" in env["dependencies"]
