@@ -63,8 +63,8 @@ glue("images_per_s", float(metrics["images_per_s"].median()))
 glue("train_minutes", float(metrics["seconds"].sum()) / 60)
 
 # %% [markdown]
-# The `{glue:text}`model`` preset ({glue:text}`n_params_m:.2f` M parameters) was trained for
-# {glue:text}`epochs` epochs to reconstruct the `{glue:text}`target`` target. The training loss
+# The {glue:text}`model` preset ({glue:text}`n_params_m:.2f` M parameters) was trained for
+# {glue:text}`epochs` epochs to reconstruct the {glue:text}`target` target. The training loss
 # (mean squared error on masked patches, on the model's input scale) fell from
 # {glue:text}`first_loss:.4f` in the first epoch to {glue:text}`final_loss:.4f` in the last, at
 # {glue:text}`images_per_s:.0f` images/s ({glue:text}`train_minutes:.1f` minutes of training).
@@ -84,11 +84,11 @@ fig = plot_curves({spec: metrics}, y="loss", ylabel="masked-patch MSE")
 recons = run.reconstructions()
 first, last = min(recons), max(recons)
 fig = reconstruction_grid(recons[first], stretch_target=spec.startswith("pca-bottom"))
-fig.suptitle(f"epoch {first}", y=1.02)
+fig.suptitle(f"epoch {first}", y=1.02);
 
 # %%
 fig = reconstruction_grid(recons[last], stretch_target=spec.startswith("pca-bottom"))
-fig.suptitle(f"epoch {last}", y=1.02)
+fig.suptitle(f"epoch {last}", y=1.02);
 
 # %% [markdown]
 # ## The run folder

@@ -107,7 +107,7 @@ faster = "faster than" if top_end / top_start < last_end / last_start else "no f
 glue("order_sentence", f"the top band's error fell {faster} the last band's")
 
 # %% [markdown]
-# For the `{glue:text}`first_target`` target, after {glue:text}`n_epochs` epochs, the relative
+# For the {glue:text}`first_target` target, after {glue:text}`n_epochs` epochs, the relative
 # error of the top band ({glue:text}`top_label` of the variance) went from
 # {glue:text}`top_start:.3f` to {glue:text}`top_end:.3f` ({glue:text}`top_drop_pct:.0f`% lower),
 # that of the last band ({glue:text}`last_label`) from {glue:text}`last_start:.3f` to
