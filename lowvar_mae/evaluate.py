@@ -43,9 +43,8 @@ Protocol, and how it differs from the original work
   tables report mean and spread over seeds.
 
 Every evaluation writes one record with :func:`lowvar_mae.results.write_record`
-(``kind="eval"``); :func:`results_table` aggregates records over seeds and
-:func:`table1_comparison` sets them beside the presentation's Table 1
-(:mod:`lowvar_mae.reference`).
+(``kind="eval"``); :mod:`lowvar_mae.report` presents them (mean and spread over seeds,
+the presentation's Table 1 beside them, figures).
 """
 
 from __future__ import annotations
@@ -1014,120 +1013,7 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
     return fields_
 
 
-def training_curves(results: list[EvalResult], metric: str) -> dict:
-    """Each ``metric`` run's metrics.jsonl as a DataFrame, named "<target label>, seed <s>"
-    (the input of :func:`lowvar_mae.plots.plot_curves`)."""
-    import pandas as pd
-
-    return {f"{target_label(r.config.target)}, seed {r.config.seed}": pd.DataFrame(read_metrics(r.run_dir))
-            for r in results if r.config.metric == metric}
-
-
-# ---------------------------------------------------------------- tables
-
-
-KEYS = ["dataset", "target", "metric"]
-
-
-def results_table(records, value: str = "value"):
-    """Mean, std (ddof=1; NaN for one run) and count of ``value`` per (dataset, target, metric).
-
-    records: a DataFrame of eval records (``load_records("eval")``). A run recorded more
-    than once (same ``run`` and metric) counts once, with its latest record. Also gives
-    ``best_mean``/``best_std`` of ``test_at_best`` when present.
-    """
-    import pandas as pd
-
-    columns = KEYS + ["mean", "std", "count", "best_mean", "best_std"]
-    if records is None or len(records) == 0:
-        return pd.DataFrame(columns=columns)
-    df = records.copy()
-    if "run" in df.columns and df["run"].notna().all():
-        if "time_utc" in df.columns:
-            df = df.sort_values("time_utc", kind="stable")
-        df = df.drop_duplicates(["run", "metric"], keep="last")
-    best = "test_at_best" if "test_at_best" in df.columns else value
-    grouped = df.groupby(KEYS, sort=True)
-    table = grouped.agg(mean=(value, "mean"), std=(value, lambda s: s.std(ddof=1)), count=(value, "count"),
-                        best_mean=(best, "mean"), best_std=(best, lambda s: s.std(ddof=1)))
-    return table.reset_index()[columns]
-
-
-def _format_cell(mean: float, std: float, count: int) -> str:
-    if count == 0:
-        return "no runs"
-    if count == 1:
-        return f"{mean:.3f} (1 run)"
-    return f"{mean:.3f} ± {std:.3f}"
-
-
-def table1_comparison(records, recipe: str | None = None):
-    """Every cell of Table 1 (reference.TABLE1) and every cell with runs, side by side.
-
-    Columns: dataset, target, label, metric, original (NaN where the presentation has no
-    number), mean, std, count (0: no runs, mean NaN), ours (text), difference (mean -
-    original). recipe: only records of this evaluation recipe (None: all).
-    """
-    import pandas as pd
-
-    if recipe is not None and records is not None and len(records):
-        records = records[records["recipe"] == recipe]
-    ours = results_table(records)
-    ref = pd.DataFrame([{"dataset": d, "target": t, "metric": m, "original": v, "order": i}
-                        for i, (d, t, ft, lp) in enumerate(TABLE1)
-                        for m, v in (("finetune", ft), ("linprobe", lp)) if v is not None])
-    table = ref.merge(ours, on=KEYS, how="outer")
-    table["order"] = table["order"].fillna(len(TABLE1))
-    table = table.sort_values(["order", "dataset", "target", "metric"], kind="stable").drop(columns="order")
-    table["count"] = table["count"].fillna(0).astype(int)
-    table["mean"] = table["mean"].astype(float)
-    table["original"] = table["original"].astype(float)
-    table["label"] = [target_label(t) for t in table["target"]]
-    table["ours"] = [_format_cell(m, s, c) for m, s, c in zip(table["mean"], table["std"], table["count"])]
-    table["difference"] = table["mean"] - table["original"]
-    cols = ["dataset", "target", "label", "metric", "original", "mean", "std", "count", "ours", "difference",
-            "best_mean", "best_std"]
-    return table[cols].reset_index(drop=True)
-
-
-# ---------------------------------------------------------------- figures
-
-
-def plot_accuracy_by_target(table, dataset: str, targets: list[str] | None = None):
-    """Test accuracy per target (bars, mean with std over seeds) for each metric of ``dataset``;
-    the presentation's values as black marks where ``table`` has them (``original``), and
-    chance level. targets: their order on the axis (default: the table's)."""
-    import matplotlib.pyplot as plt
-
-    rows = table[(table["dataset"] == dataset)]
-    present = list(dict.fromkeys(rows["target"]))
-    targets = [t for t in targets if t in present] if targets is not None else present
-    metrics = [m for m in METRICS if m in set(rows["metric"])]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(targets) * max(1, len(metrics)) / 2 + 2), 3.6))
-    width = 0.8 / max(1, len(metrics))
-    labelled = False
-    for j, metric in enumerate(metrics):
-        sub = rows[rows["metric"] == metric].set_index("target").reindex(targets)
-        x = np.arange(len(targets)) + (j - (len(metrics) - 1) / 2) * width
-        ax.bar(x, sub["mean"].to_numpy(float), width, yerr=sub["std"].fillna(0).to_numpy(float), capsize=3,
-               label=metric, color=f"C{j}")
-        if "original" in sub.columns and sub["original"].notna().any():
-            ax.scatter(x, sub["original"].to_numpy(float), marker="_", s=300, color="black", zorder=3,
-                       label=None if labelled else "presentation")
-            labelled = True
-    ax.axhline(1 / DATASETS[dataset].num_classes, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(np.arange(len(targets)), [target_label(t) for t in targets], rotation=20, ha="right")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{dataset}: accuracy by pretraining target")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 __all__ = ["FinetuneConfig", "KNNConfig", "EvalResult", "Splits", "LinearProbe", "RECIPES",
            "make_eval_config", "validation_split", "load_splits", "random_encoder", "load_pretrained_encoder",
            "build_head", "build_classifier", "rand_augment", "augment_batch", "extract_features", "knn_votes",
-           "knn_accuracy", "fit_classifier", "knn_probe", "evaluate", "training_curves", "results_table",
-           "table1_comparison", "plot_accuracy_by_target"]
+           "knn_accuracy", "fit_classifier", "knn_probe", "evaluate"]

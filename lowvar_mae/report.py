@@ -9,6 +9,8 @@ The book's evaluation chapter is made of these tables and figures.
 * :func:`paired_differences`: each target minus the baseline target on the same seeds,
   with a t interval; :func:`verdict` says in words whether it lies outside the spread;
 * :func:`calibration_curves`: the pretraining runs' validation probe by epoch;
+* :func:`results_table`, :func:`table1_comparison`: any records, every recipe, beside Table 1;
+* :func:`bench_summary`: the benchmark records, one row per machine and setup;
 * figures for each.
 """
 
@@ -274,5 +276,224 @@ def plot_calibration(curves, bars: dict[str, float] | None = None, title: str = 
     return fig
 
 
+# ---------------------------------------------------------------- across recipes (any record set)
+
+
+def training_curves(results: list, metric: str) -> dict:
+    """Each ``metric`` run's metrics.jsonl as a DataFrame, named "<target label>, seed <s>"
+    (the input of :func:`lowvar_mae.plots.plot_curves`)."""
+    import pandas as pd
+
+    from .train import read_metrics
+
+    return {f"{target_label(r.config.target)}, seed {r.config.seed}": pd.DataFrame(read_metrics(r.run_dir))
+            for r in results if r.config.metric == metric}
+
+
+# ---------------------------------------------------------------- tables
+
+
+KEYS = ["dataset", "target", "metric"]
+
+
+def results_table(records, value: str = "value"):
+    """Mean, std (ddof=1; NaN for one run) and count of ``value`` per (dataset, target, metric).
+
+    records: a DataFrame of eval records (``load_records("eval")``). A run recorded more
+    than once (same ``run`` and metric) counts once, with its latest record. Also gives
+    ``best_mean``/``best_std`` of ``test_at_best`` when present.
+    """
+    import pandas as pd
+
+    columns = KEYS + ["mean", "std", "count", "best_mean", "best_std"]
+    if records is None or len(records) == 0:
+        return pd.DataFrame(columns=columns)
+    df = records.copy()
+    if "run" in df.columns and df["run"].notna().all():
+        if "time_utc" in df.columns:
+            df = df.sort_values("time_utc", kind="stable")
+        df = df.drop_duplicates(["run", "metric"], keep="last")
+    best = "test_at_best" if "test_at_best" in df.columns else value
+    grouped = df.groupby(KEYS, sort=True)
+    table = grouped.agg(mean=(value, "mean"), std=(value, lambda s: s.std(ddof=1)), count=(value, "count"),
+                        best_mean=(best, "mean"), best_std=(best, lambda s: s.std(ddof=1)))
+    return table.reset_index()[columns]
+
+
+def _format_cell(mean: float, std: float, count: int) -> str:
+    if count == 0:
+        return "no runs"
+    if count == 1:
+        return f"{mean:.3f} (1 run)"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def table1_comparison(records, recipe: str | None = None):
+    """Every cell of Table 1 (reference.TABLE1) and every cell with runs, side by side.
+
+    Columns: dataset, target, label, metric, original (NaN where the presentation has no
+    number), mean, std, count (0: no runs, mean NaN), ours (text), difference (mean -
+    original). recipe: only records of this evaluation recipe (None: all).
+    """
+    import pandas as pd
+
+    if recipe is not None and records is not None and len(records):
+        records = records[records["recipe"] == recipe]
+    ours = results_table(records)
+    ref = pd.DataFrame([{"dataset": d, "target": t, "metric": m, "original": v, "order": i}
+                        for i, (d, t, ft, lp) in enumerate(TABLE1)
+                        for m, v in (("finetune", ft), ("linprobe", lp)) if v is not None])
+    table = ref.merge(ours, on=KEYS, how="outer")
+    table["order"] = table["order"].fillna(len(TABLE1))
+    table = table.sort_values(["order", "dataset", "target", "metric"], kind="stable").drop(columns="order")
+    table["count"] = table["count"].fillna(0).astype(int)
+    table["mean"] = table["mean"].astype(float)
+    table["original"] = table["original"].astype(float)
+    table["label"] = [target_label(t) for t in table["target"]]
+    table["ours"] = [_format_cell(m, s, c) for m, s, c in zip(table["mean"], table["std"], table["count"])]
+    table["difference"] = table["mean"] - table["original"]
+    cols = ["dataset", "target", "label", "metric", "original", "mean", "std", "count", "ours", "difference",
+            "best_mean", "best_std"]
+    return table[cols].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_accuracy_by_target(table, dataset: str, targets: list[str] | None = None):
+    """Test accuracy per target (bars, mean with std over seeds) for each metric of ``dataset``;
+    the presentation's values as black marks where ``table`` has them (``original``), and
+    chance level. targets: their order on the axis (default: the table's)."""
+    import matplotlib.pyplot as plt
+
+    rows = table[(table["dataset"] == dataset)]
+    present = list(dict.fromkeys(rows["target"]))
+    targets = [t for t in targets if t in present] if targets is not None else present
+    metrics = [m for m in PROBE_LABELS if m in set(rows["metric"])]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(targets) * max(1, len(metrics)) / 2 + 2), 3.6))
+    width = 0.8 / max(1, len(metrics))
+    labelled = False
+    for j, metric in enumerate(metrics):
+        sub = rows[rows["metric"] == metric].set_index("target").reindex(targets)
+        x = np.arange(len(targets)) + (j - (len(metrics) - 1) / 2) * width
+        ax.bar(x, sub["mean"].to_numpy(float), width, yerr=sub["std"].fillna(0).to_numpy(float), capsize=3,
+               label=metric, color=f"C{j}")
+        if "original" in sub.columns and sub["original"].notna().any():
+            ax.scatter(x, sub["original"].to_numpy(float), marker="_", s=300, color="black", zorder=3,
+                       label=None if labelled else "presentation")
+            labelled = True
+    from .data import DATASETS
+
+    ax.axhline(1 / DATASETS[dataset].num_classes, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(np.arange(len(targets)), [target_label(t) for t in targets], rotation=20, ha="right")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{dataset}: accuracy by pretraining target")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- benchmark records
+
+
+BENCH_KINDS = ("pretrain_throughput", "pca_bench")
+
+
+def bench_records(folders=None) -> list[dict]:
+    """Every benchmark record (dicts, with their file name) in ``folders`` (default: the
+    ``bench/`` folder of each of ``results.record_dirs()``); a file name is read once."""
+    import json
+    from pathlib import Path
+
+    from .results import record_dirs
+
+    folders = [Path(f) for f in folders] if folders is not None else [d / "bench" for d in record_dirs()]
+    paths = {p.name: p for f in reversed(folders) if f.is_dir() for p in sorted(f.glob("*.json"))}
+    out = []
+    for path in paths.values():
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("kind") in BENCH_KINDS:
+            out.append({**rec, "file": path.name})
+    return sorted(out, key=lambda r: (r.get("provenance", {}).get("time_utc", ""), r["file"]))
+
+
+def throughput_summary(records):
+    """One row per (machine, preset): the latest full (not --quick) record's fast path against
+    its baseline at the largest batch both measured: images/s, ratio, precision, and the
+    record's estimate of the presentation's 400-epoch recipe where it made one."""
+    import pandas as pd
+
+    latest = {}
+    for rec in records:
+        if rec["kind"] != "pretrain_throughput" or rec.get("quick"):
+            continue
+        prov = rec.get("provenance", {})
+        for preset in dict.fromkeys(r["preset"] for r in rec["rows"]):
+            rows = [r for r in rec["rows"] if r["preset"] == preset]
+            batches = {r["batch"] for r in rows if r["path"] == "fast"} & {r["batch"] for r in rows if r["path"] == "baseline"}
+            if not batches:
+                continue
+            b = max(batches)
+            fast = next(r for r in rows if r["path"] == "fast" and r["batch"] == b)
+            base = next(r for r in rows if r["path"] == "baseline" and r["batch"] == b)
+            paper = rec.get("paper_estimate") or {}
+            latest[(prov.get("device_name"), preset)] = {
+                "machine": prov.get("device_name"), "date": str(prov.get("time_utc", ""))[:10], "preset": preset,
+                "batch": b, "fast path": fast["precision"] + (", compiled" if fast.get("compiled") else ""),
+                "baseline img/s": base["img_per_s"], "fast img/s": fast["img_per_s"],
+                "fast / baseline": fast["img_per_s"] / base["img_per_s"],
+                "400-epoch recipe, h": paper.get("hours") if paper.get("preset") == preset else None,
+                "file": rec["file"]}
+    return pd.DataFrame(list(latest.values()))
+
+
+def pca_summary(records):
+    """One row per (machine, case) of the latest full PCA benchmark on each machine: the
+    exact fit's time over the top-k solver's at full size (best top-k setting)."""
+    import pandas as pd
+
+    latest = {}
+    for rec in records:
+        if rec["kind"] != "pca_bench":
+            continue
+        latest[rec.get("provenance", {}).get("device_name")] = rec
+    rows = []
+    for machine, rec in latest.items():
+        for case in rec["cases"]:
+            best = max(case["speedup_full_size"].items(), key=lambda kv: kv[1])
+            rows.append({"machine": machine, "date": str(rec["provenance"].get("time_utc", ""))[:10],
+                         "case": case["case"], "images": case["n_images"], "D": case["dim"],
+                         "exact / top-k": best[1], "top-k setting": best[0], "quick": bool(rec.get("quick")),
+                         "file": rec["file"]})
+    return pd.DataFrame(rows)
+
+
+def plot_throughput(summary, title: str = ""):
+    """Fast path and baseline images/s per preset, one group per machine (log scale)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    labels = [f"{r['preset']}\n{r['machine'].replace('CPU ', '')}" for _, r in summary.iterrows()]
+    x = np.arange(len(summary))
+    ax.bar(x - 0.2, summary["baseline img/s"], 0.4, label="baseline", color="C7")
+    ax.bar(x + 0.2, summary["fast img/s"], 0.4, label="fast path", color="C0")
+    for xi, ratio in zip(x, summary["fast / baseline"]):
+        ax.text(xi + 0.2, summary["fast img/s"].iloc[int(xi)] * 1.08, f"{ratio:.1f}x", ha="center", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("images / s (log scale)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = ["protocol_records", "summary_table", "t_interval", "paired_differences", "verdict",
-           "calibration_curves", "claim_table", "CLAIMS", "plot_summary", "plot_differences", "plot_calibration", "PROBE_LABELS"]
+           "calibration_curves", "claim_table", "CLAIMS", "plot_summary", "training_curves", "results_table",
+           "table1_comparison", "plot_accuracy_by_target", "bench_records", "throughput_summary", "pca_summary",
+           "plot_throughput", "plot_differences", "plot_calibration", "PROBE_LABELS"]

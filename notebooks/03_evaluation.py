@@ -109,8 +109,7 @@ def source_line(frame) -> str:
 # ## The protocol
 #
 # Two cores and no GPU cannot run the presentation's recipe (400 epochs of a ViT-Tiny on
-# 256 patches: about 84 hours on the fastest 2-core CPU measured here, see the
-# performance chapter). The `cpu` protocol keeps what the question needs (every training
+# 256 patches: days on the 2-core CPUs measured, see the performance chapter). The `cpu` protocol keeps what the question needs (every training
 # image, the full test split, the same targets, several seeds) and shrinks the model and
 # the schedule to what a 2-core machine runs in about ten minutes a cell:
 

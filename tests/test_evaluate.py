@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lowvar_mae import evaluate as ev
+from lowvar_mae import report
 from lowvar_mae.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
 from lowvar_mae.models import build_mae
 from lowvar_mae.pretrain import PretrainConfig, make_config, pretrain
@@ -177,7 +178,7 @@ def test_results_table_against_numpy_and_missing_cells():
                              time_utc=f"2024-01-0{seed + 1}", recipe="paper"))
     rows.append(dict(rows[0], value=0.0, time_utc="2023-12-31"))  # an older record of the same run
     records = pd.DataFrame(rows)
-    table = ev.results_table(records).set_index(["dataset", "target", "metric"])
+    table = report.results_table(records).set_index(["dataset", "target", "metric"])
     for target in ("pixels", "pca-bottom:0.25", "none"):
         values = [r["value"] for r in rows[:-1] if r["target"] == target]
         cell = table.loc[("cifar10", target, "finetune")]
@@ -188,7 +189,7 @@ def test_results_table_against_numpy_and_missing_cells():
         else:
             assert np.isnan(cell["std"])
     extra = pd.DataFrame([dict(rows[0], dataset="synthetic", metric="knn", run="syn-0", value=0.3)])
-    comparison = ev.table1_comparison(pd.concat([records, extra]))
+    comparison = report.table1_comparison(pd.concat([records, extra]))
     cells = comparison.set_index(["dataset", "target", "metric"])
     reported = sum((ft is not None) + (lp is not None) for _, _, ft, lp in TABLE1)
     assert len(comparison) == reported + 1
@@ -201,11 +202,11 @@ def test_results_table_against_numpy_and_missing_cells():
     synthetic = cells.loc[("synthetic", "pixels", "knn")]
     assert np.isnan(synthetic["original"]) and synthetic["count"] == 1
     assert ("cifar10", "none", "linprobe") not in cells.index  # not in Table 1, no runs
-    assert len(ev.table1_comparison(pd.DataFrame())) == reported
+    assert len(report.table1_comparison(pd.DataFrame())) == reported
     import matplotlib
 
     matplotlib.use("Agg")
-    fig = ev.plot_accuracy_by_target(comparison, "cifar10", ["none", "pixels", "pca-bottom:0.25"])
+    fig = report.plot_accuracy_by_target(comparison, "cifar10", ["none", "pixels", "pca-bottom:0.25"])
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
         "Without pretraining", "Original image", "Bottom 25% variance"]
 
@@ -338,8 +339,8 @@ def test_pretraining_then_evaluation_end_to_end(dirs):
     again = ev.evaluate(configs[0], progress=False)
     assert not again.trained_now and again.summary == outcomes[0].summary and again.record is None
     assert len(load_records("eval", root=results)) == 4
-    table = ev.results_table(load_records("eval", root=results))
+    table = report.results_table(load_records("eval", root=results))
     assert set(table["count"]) == {1}
-    curves = ev.training_curves(outcomes, "linprobe")
+    curves = report.training_curves(outcomes, "linprobe")
     assert list(curves) == ["Original image, seed 0"] and list(curves["Original image, seed 0"]["epoch"]) == [1, 2]
     assert {"loss", "val_accuracy", "val_loss"} <= set(curves["Original image, seed 0"].columns)

@@ -122,3 +122,24 @@ def test_pixel_linear_probe_learns_a_linear_rule_and_is_recorded_once(tmp_path, 
     again = pixel_linear_probe("synthetic", n_train=400, n_test=200, max_iter=50, weight_decays=(1e-3, 1e-1),
                                device="cpu")
     assert again["record"] == rec["record"] and len(list((tmp_path / "baseline").glob("*.json"))) == 1
+
+
+def test_throughput_summary_takes_the_latest_full_record_per_machine_and_the_largest_common_batch():
+    def rec(time, quick, rows, machine="CPU (AVX2, 2 cores)", paper=None):
+        return {"kind": "pretrain_throughput", "quick": quick, "file": f"{time}.json", "paper_estimate": paper,
+                "provenance": {"device_name": machine, "time_utc": time},
+                "rows": [dict(zip(("preset", "batch", "path", "img_per_s", "precision"), r)) for r in rows]}
+
+    old = rec("2026-01-01", False, [("m", 64, "fast", 10.0, "fp32"), ("m", 64, "baseline", 5.0, "fp32")])
+    new = rec("2026-02-01", False, [("m", 64, "fast", 30.0, "bf16"), ("m", 64, "baseline", 10.0, "fp32"),
+                                    ("m", 128, "fast", 40.0, "bf16"), ("m", 128, "baseline", 8.0, "fp32"),
+                                    ("m", 256, "fast", 50.0, "bf16")],
+              paper={"preset": "m", "hours": 12.5})
+    quick = rec("2026-03-01", True, [("m", 64, "fast", 99.0, "bf16"), ("m", 64, "baseline", 1.0, "fp32")])
+    other = rec("2026-01-15", False, [("m", 32, "fast", 3.0, "fp32"), ("m", 32, "baseline", 2.0, "fp32")],
+                machine="GPU")
+    table = report.throughput_summary([old, other, new, quick]).set_index("machine")
+    row = table.loc["CPU (AVX2, 2 cores)"]
+    assert row["batch"] == 128 and row["fast / baseline"] == pytest.approx(5.0)
+    assert row["400-epoch recipe, h"] == 12.5 and row["file"] == "2026-02-01.json"
+    assert table.loc["GPU", "fast / baseline"] == pytest.approx(1.5)
