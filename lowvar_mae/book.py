@@ -112,7 +112,7 @@ def check_page(page: Path, min_images: int = 1) -> list[str]:
 
 
 # Pages taller than this (CSS pixels at 1280 px width) read as a wall: split or shorten them.
-MAX_PAGE_HEIGHT = 16_000
+MAX_PAGE_HEIGHT = 10_000
 _HIDDEN_CELL = ("tag_hide-cell", "tag_hide-input", "tag_remove-input", "tag_remove-cell")
 _CODE_TAGS = {"code", "pre", "script", "style", "mjx-container", "textarea"}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -204,7 +204,7 @@ def dom_problems(dom: str, name: str = "page") -> list[str]:
     return problems
 
 
-def dump_dom(page: Path, browser: str | None = None) -> str:
+def dump_dom(page: Path, browser: str | None = None, width: int = 1280, height: int = 900) -> str:
     """The page's DOM after headless Chromium ran its scripts (MathJax included)."""
     browser = browser or chromium()
     if browser is None:
@@ -213,22 +213,37 @@ def dump_dom(page: Path, browser: str | None = None) -> str:
         done = subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", page.resolve().as_uri()],
+             f"--user-data-dir={profile}", f"--window-size={width},{height}", "--virtual-time-budget=8000",
+             "--dump-dom", page.resolve().as_uri()],
             check=True, capture_output=True, timeout=120, text=True)
     return done.stdout
 
 
-def height_problem(png: Path, limit: int = MAX_PAGE_HEIGHT, name: str = "page") -> str | None:
-    """A screenshot ``limit`` pixels tall whose bottom band still shows content means the page
-    is taller than the limit."""
-    import numpy as np
-    from PIL import Image
+_MEASURE = ("<script>window.addEventListener('load', () => setTimeout(() => document.body.setAttribute("
+            "'data-page-height', Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)), 2000));"
+            "</script>")
 
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
-    band = pixels[-120:]
-    if band.std() > 2 or band.mean() < 250:
-        return f"{name}: taller than {limit} px at 1280 px width; shorten it"
-    return None
+
+def page_height(page: Path, width: int = 1280, browser: str | None = None) -> int:
+    """The rendered height in CSS pixels of ``page`` at ``width`` (after its scripts ran): a copy
+    beside it with a measuring script is loaded in headless Chromium, then removed."""
+    text = page.read_text(encoding="utf-8")
+    probe = page.with_name(f".measure-{page.name}")
+    probe.write_text(text.replace("</body>", _MEASURE + "</body>") if "</body>" in text else text + _MEASURE,
+                     encoding="utf-8")
+    try:
+        dom = dump_dom(probe, browser, width=width, height=900)
+    finally:
+        probe.unlink(missing_ok=True)
+    hit = re.search(r'data-page-height="(\d+)"', dom)
+    if not hit:
+        raise RuntimeError(f"could not measure the height of {page}")
+    return int(hit.group(1))
+
+
+def height_problem(height: int, limit: int = MAX_PAGE_HEIGHT, name: str = "page") -> str | None:
+    """A page taller than ``limit`` CSS pixels reads as a wall."""
+    return f"{name}: {height:,} px tall at 1280 px width, over the limit of {limit:,}; shorten it" if height > limit else None
 
 
 def chromium() -> str | None:
@@ -280,9 +295,7 @@ def check_book(html_dir: str | Path, pages: dict[str, int], shots: str | Path | 
             try:
                 screenshot(page, Path(shots) / f"{stem}.png")
                 problems += dom_problems(dump_dom(page), rel)
-                tall = screenshot(page, Path(shots) / f".{stem}-height.png", height=MAX_PAGE_HEIGHT, blank_ok=True)
-                problems += [p for p in [height_problem(tall, MAX_PAGE_HEIGHT, rel)] if p]
-                tall.unlink()
+                problems += [p for p in [height_problem(page_height(page), MAX_PAGE_HEIGHT, rel)] if p]
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 problems.append(f"{page}: rendering failed: {e}")
     return problems
