@@ -79,7 +79,7 @@ if len(shares):
             continue
         r = by_target.get(t, {})
         kept = r.get("kept")
-        rows.append({"target": target_label(t), "name": f"`{t}`",
+        rows.append({"target": target_label(t), "name": t,
                      "pixel variance kept": "" if kept is None else f"{kept:.1%}",
                      "PCA components": "" if r.get("components") is None else f"{r['components']:,}",
                      "note": r.get("note", "")})
