@@ -268,3 +268,17 @@ def test_checkpoint_records_digests_and_keeps_one_folder(tmp_path):
     assert not first.exists() and checkpoint.latest_checkpoint(tmp_path) == second
     assert not list(tmp_path.glob(".*.tmp"))
     np.testing.assert_array_equal(sorted(p.name for p in tmp_path.iterdir()), ["checkpoint-e0002", "latest.json"])
+
+
+def test_an_epoch_line_without_its_checkpoint_is_dropped_on_resume(tmp_path, monkeypatch):
+    """A kill after the metrics line but before the first checkpoint: the line goes, the epoch reruns."""
+    from lowvar_mae.pretrain import pretrain
+
+    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp_path / "runs"))
+    cfg = tiny(epochs=2)
+    run_dir = tmp_path / "runs" / cfg.run_name
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "loss": 123.0, "seconds": 1.0, "images_per_s": 1.0}\n')
+    run = pretrain(cfg, progress=False)
+    assert [m["epoch"] for m in run.metrics] == [1, 2] and run.metrics[0]["loss"] != 123.0
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
