@@ -595,3 +595,36 @@ def load_basis(path: str | os.PathLike, device: torch.device | str = "cpu") -> P
         split=meta["split"],
         source=meta.get("source", ""),
     )
+
+
+def basis_summary(basis: PCABasis, k: int = 32) -> dict:
+    """What a record keeps of a fit: the whole spectrum (float32), the mean image (float32)
+    and the first ``k`` components quantised to int8 with one scale each (about 100 KB for
+    CIFAR-10). :func:`basis_from_summary` turns it back into a basis of those k components,
+    enough to draw the spectrum and eigen-images and to filter with top shares up to the
+    k-th component (bottom images as their complement)."""
+    from .results import pack_array
+
+    k = min(k, basis.n_stored)
+    comps = basis.components[:, :k].detach().cpu().double().numpy()
+    scale = np.abs(comps).max(0)
+    scale[scale == 0] = 1.0
+    return {"k": k, "image_shape": list(basis.image_shape), "n_samples": basis.n_samples, "method": basis.method,
+            "dataset": basis.dataset, "split": basis.split, "source": basis.source,
+            "eigenvalues": pack_array(basis.eigenvalues.cpu().numpy(), "float32"),
+            "mean": pack_array(basis.mean.cpu().numpy(), "float32"),
+            "scale": [float(v) for v in scale / 127.0],
+            "components": pack_array(np.round(comps / scale * 127.0), "int8")}
+
+
+def basis_from_summary(summary: dict) -> PCABasis:
+    """The basis a :func:`basis_summary` describes (components dequantised, float64)."""
+    from .results import unpack_array
+
+    comps = unpack_array(summary["components"]).astype(np.float64) * np.asarray(summary["scale"])
+    return PCABasis(
+        mean=torch.as_tensor(unpack_array(summary["mean"]), dtype=torch.float64),
+        eigenvalues=torch.as_tensor(unpack_array(summary["eigenvalues"]), dtype=torch.float64),
+        components=torch.as_tensor(comps), image_shape=tuple(summary["image_shape"]),
+        n_samples=int(summary["n_samples"]), method=f"{summary['method']} (record, {summary['k']} components)",
+        dataset=summary.get("dataset", ""), split=summary.get("split", "train"), source=summary.get("source", ""))

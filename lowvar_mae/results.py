@@ -29,6 +29,30 @@ def write_record(kind: str, fields: dict, *, device: str | None = None,
     return atomic_write_json(results_dir(root) / kind / f"{stem}.json", record)
 
 
+def pack_array(array, dtype: str | None = None) -> dict:
+    """A numpy array as a small JSON-able dict: dtype, shape and its bytes zlib-compressed in
+    base64 (for the few arrays a record carries: a spectrum, some eigen-images)."""
+    import base64
+    import zlib
+
+    import numpy as np
+
+    a = np.ascontiguousarray(np.asarray(array, dtype=dtype))
+    return {"dtype": str(a.dtype), "shape": list(a.shape),
+            "zlib_b64": base64.b64encode(zlib.compress(a.tobytes(), 9)).decode("ascii")}
+
+
+def unpack_array(packed: dict):
+    """Inverse of :func:`pack_array`."""
+    import base64
+    import zlib
+
+    import numpy as np
+
+    raw = zlib.decompress(base64.b64decode(packed["zlib_b64"]))
+    return np.frombuffer(raw, dtype=np.dtype(packed["dtype"])).reshape(packed["shape"]).copy()
+
+
 def bench_record_path(kind: str, device: str, root: str | os.PathLike | None = None) -> Path:
     """Where a benchmark writes its record: ``<root>/bench/<kind>-<device type>-<UTC time>.json``."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

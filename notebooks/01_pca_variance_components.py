@@ -11,24 +11,24 @@
 #     name: python3
 # ---
 
-# %% tags=["parameters"]
-dataset = "synthetic"   # synthetic | cifar10 | cifar100 | stl10
-n_images = None         # training images used for the fit (None: the whole training split)
-top_share = 0.75        # share of variance kept by the top image
-bottom_share = 0.25     # share of variance kept by the bottom image
-shares = [0.5, 0.75, 0.9, 0.95, 0.99]  # shares listed in the component-count table
-n_eigenimages = 16
-n_examples = 8
-device = "cpu"          # where PCA is fitted and images are filtered ("cuda" on a GPU)
-seed = 0
-record = False          # write a result record under results/pca/ (for real datasets)
-
 # %% [markdown]
 # # PCA: where the variance of images lives
 #
 # This chapter fits PCA on the training split (Algorithm 1) and looks at how the pixel
 # variance spreads over the components, what the top components look like, and what is
 # left of an image when only its top or only its bottom variance is kept.
+
+# %% tags=["parameters", "hide-cell"]
+dataset = "synthetic"   # synthetic | cifar10 | cifar100 | stl10
+n_images = None         # training images used for the fit (None: the whole training split)
+top_share = 0.75        # share of variance kept by the top image
+bottom_share = 0.25     # share of variance kept by the bottom image
+shares = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99]  # shares of the component-count table
+n_eigenimages = 16
+n_examples = 8
+device = "cpu"          # where PCA is fitted and images are filtered ("cuda" on a GPU)
+seed = 0
+record = False          # write a result record under results/pca/ (for real datasets)
 
 # %% tags=["remove-cell"]
 import time
@@ -38,7 +38,10 @@ import torch
 
 from lowvar_mae import pca
 from lowvar_mae.data import load_dataset
+from IPython.display import Markdown, display
+
 from lowvar_mae.plots import dataset_note, glue, image_grid, plot_spectrum, show_eigenimages
+from lowvar_mae.results import unpack_array
 
 # %% tags=["remove-input"]
 train = load_dataset(dataset, "train")
@@ -140,19 +143,55 @@ glue("rmse_bottom_255", 255 * float(((bottom - x) ** 2).mean().sqrt()))
 # the mean image to within {glue:text}`complement_error:.1e`.
 
 # %% [markdown]
+# ## The real CIFAR-10
+#
+# The same fit on the 50,000 CIFAR-10 training images, read from its committed record
+# (spectrum, mean image and first components, quantised to 8 bits; the bottom images are
+# computed here as the image minus its top projection). Real images spread their variance
+# far less evenly than the teaching set: a few smooth components hold most of it.
+
+# %% tags=["remove-input"]
+from lowvar_mae.results import load_records, pack_array, write_record
+
+real = load_records("pca")
+real = real[(real["dataset"] == "cifar10") & real["summary"].notna()] if len(real) and "summary" in real else real.iloc[0:0]
+if dataset != "synthetic":
+    display(Markdown("This page already runs on a real dataset: see the sections above."))
+elif not len(real):
+    display(Markdown("No record of a CIFAR-10 fit with its spectrum yet: run this chapter with "
+                     "`-p dataset cifar10 -p record true` (see the README)."))
+else:
+    rec = real.sort_values("time_utc").iloc[-1]
+    rbasis = pca.basis_from_summary(rec["summary"])
+    display(Markdown(f"CIFAR-10 training split, {rbasis.n_samples:,} images of {rbasis.dim:,} pixels, "
+                     f"{rec['method']} fit in {rec['fit_seconds']:.0f} s on {rec['device_name']} "
+                     f"(revision {str(rec['git_revision'])[:10]}). The first component carries "
+                     f"{100 * float(rbasis.explained_variance_ratio()[0]):.1f}% of the variance; "
+                     f"{rbasis.n_components(0.75, 'top')} components hold 75% and "
+                     f"{rbasis.n_components(0.9, 'top')} hold 90%."))
+    fig = plot_spectrum(rbasis, marks=(0.75, 0.9))
+    fig = show_eigenimages(rbasis, min(n_eigenimages, rbasis.n_stored))
+    ex = torch.as_tensor(unpack_array(rec["examples"]["images"])).float() / 255
+    rtop = pca.project(ex, rbasis, "top", top_share)
+    rbottom = pca.project(ex, rbasis, "bottom", bottom_share)
+    fig = image_grid({"original": ex, f"bottom {bottom_share:.0%}\n(stretched)": rbottom, f"top {top_share:.0%}": rtop},
+                     stretch=[f"bottom {bottom_share:.0%}\n(stretched)"], titles=rec["examples"]["labels"])
+
+# %% [markdown]
 # ## Runs on real data
 #
 # Every PCA fit made on a real dataset and recorded under `results/pca/` is listed here,
 # with the machine it ran on.
 
 # %% tags=["remove-input"]
-from lowvar_mae.results import load_records, write_record
-
 if record:
     write_record("pca", {"dataset": dataset, "n_images": basis.n_samples, "dim": basis.dim,
                          "method": basis.method, "fit_seconds": fit_seconds,
                          "components": {f"top:{p}": basis.n_components(p, "top") for p in shares}
-                         | {f"bottom:{p}": basis.n_components(p, "bottom") for p in shares}},
+                         | {f"bottom:{p}": basis.n_components(p, "bottom") for p in shares},
+                         "summary": pca.basis_summary(basis, max(32, basis.n_components(top_share, "top"))),
+                         "examples": {"images": pack_array(test.to_tensor()[idx].numpy(), "uint8"),
+                                      "labels": [test.classes[int(test.labels[i])] for i in idx]}},
                  device=device)
 records = load_records("pca")
 if len(records):

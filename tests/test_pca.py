@@ -383,3 +383,26 @@ def test_topk_refuses_streamed_batches_and_unknown_operators():
         fit_pca(iter(torch.split(x, 10)), solver="topk", top_share=0.9)
     with pytest.raises(ValueError, match="operator must be one of"):
         pca.fit_topk(x, top_share=0.9, operator="gram")
+
+
+def test_basis_summary_round_trip_is_small_and_filters_like_the_full_basis():
+    import json
+
+    from lowvar_mae.pca import basis_from_summary, basis_summary
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(600, 3, 2, 2, generator=g), size=(8, 8), mode="bilinear")
+    x = (0.85 * smooth + 0.15 * torch.rand(600, 3, 8, 8, generator=g)).clamp(0, 1)
+    basis = pca.fit_pca(x.double(), method="covariance", dataset="toy")
+    summary = basis_summary(basis, k=12)
+    text = json.dumps(summary)
+    assert len(text) < 60_000
+    back = basis_from_summary(json.loads(text))
+    assert back.n_stored == 12 and back.image_shape == basis.image_shape
+    np.testing.assert_allclose(back.eigenvalues.numpy(), basis.eigenvalues.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(back.components.numpy(), basis.components[:, :12].numpy(), atol=1 / 127)
+    k = basis.n_components(0.9, "top")
+    assert k <= 12
+    full = pca.project(x[:5], basis, "bottom", 0.1)
+    approx = pca.project(x[:5], back, "bottom", 0.1)
+    assert float((full - approx).abs().max()) < 0.02  # int8 components: close, not equal
