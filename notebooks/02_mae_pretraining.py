@@ -11,7 +11,15 @@
 #     name: python3
 # ---
 
-# %% tags=["parameters"]
+# %% [markdown]
+# # MAE pretraining on a filtered target
+#
+# The model always sees the original image, three quarters of its patches hidden. What
+# changes is the image it must reconstruct: the original, or its component image of low
+# (or high) variance. This chapter trains one run (or loads it, if this configuration
+# finished before), shows its loss curve and what it reconstructs.
+
+# %% tags=["parameters", "hide-cell"]
 dataset = "synthetic"     # synthetic | cifar10 | cifar100 | stl10
 target = "pca-bottom"     # pixels | norm-pix | pca-bottom | pca-top (or a full spec such as "pca-top:0.75")
 share = 0.25              # share of variance for pca-* targets
@@ -23,14 +31,6 @@ augment = "none"          # none | flip | crop-flip
 device = "auto"           # auto | cpu | cuda
 seed = 0
 retrain = False           # True: delete the run folder and train again
-
-# %% [markdown]
-# # MAE pretraining on a filtered target
-#
-# The model always sees the original image, three quarters of its patches hidden. What
-# changes is the image it must reconstruct: the original, or its component image of low
-# (or high) variance. This chapter trains one run (or loads it, if this configuration
-# finished before), shows its loss curve and what it reconstructs.
 
 # %% tags=["remove-cell"]
 import pandas as pd

@@ -11,20 +11,6 @@
 #     name: python3
 # ---
 
-# %% tags=["parameters"]
-dataset = "synthetic"                  # synthetic | cifar10 | cifar100 | stl10
-targets = ["pixels", "pca-bottom:0.25"]  # reconstruction targets, one pretraining run each
-recipe = "quick"                       # quick (CPU minutes) | paper (the presentation's 400 epochs)
-epochs = 4                             # None: the recipe's number of epochs
-n_train = 512                          # None: the whole training split
-batch_size = 64                        # None: the recipe's batch
-n_eval = 64                            # held-out test images reconstructed after every evaluated epoch
-every = 1                              # evaluate the bands every k epochs (and after the first)
-missing = "retrain"                    # a finished run without band metrics: retrain | skip
-n_fit = None                           # images for the bands' PCA basis (None: the whole split, cached; for tests)
-device = "auto"                        # auto | cpu | cuda
-seed = 0
-
 # %% [markdown]
 # # In which order does an MAE learn the spectrum?
 #
@@ -38,6 +24,20 @@ seed = 0
 # band also holds the directions the basis does not store. Each band's squared error is
 # divided by the data's variance in that band. A band scores 0 when it is reconstructed
 # exactly; predicting the mean image in the masked patches scores about the mask ratio, 0.75.
+
+# %% tags=["parameters", "hide-cell"]
+dataset = "synthetic"                  # synthetic | cifar10 | cifar100 | stl10
+targets = ["pixels", "pca-bottom:0.25"]  # reconstruction targets, one pretraining run each
+recipe = "quick"                       # quick (CPU minutes) | paper (the presentation's 400 epochs)
+epochs = 4                             # None: the recipe's number of epochs
+n_train = 512                          # None: the whole training split
+batch_size = 64                        # None: the recipe's batch
+n_eval = 64                            # held-out test images reconstructed after every evaluated epoch
+every = 1                              # evaluate the bands every k epochs (and after the first)
+missing = "retrain"                    # a finished run without band metrics: retrain | skip
+n_fit = None                           # images for the bands' PCA basis (None: the whole split, cached; for tests)
+device = "auto"                        # auto | cpu | cuda
+seed = 0
 
 # %% tags=["remove-cell"]
 import pandas as pd
