@@ -312,3 +312,18 @@ def check_writable(folder: str | Path) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise RuntimeError(f"cannot write the run folder {folder}: {probe} is not writable "
                            "(set LOWVAR_MAE_RUNS or --runs to a writable folder)")
+
+
+def open_run_folder(run_dir: str | Path, config, device: str, **fields) -> Path:
+    """Create a run folder (checked writable first) with ``config.json`` (the config and its
+    run name) and, unless the run is resuming, ``provenance.json`` (versions, revision,
+    device, plus ``fields``)."""
+    from .provenance import provenance
+
+    run_dir = Path(run_dir)
+    check_writable(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
+    if not (run_dir / "provenance.json").is_file():
+        atomic_write_json(run_dir / "provenance.json", {**provenance(device), **fields})
+    return run_dir

@@ -62,12 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointError, check_writable, latest_checkpoint, load_weights, replace_run,
+from .checkpoint import (CheckpointError, latest_checkpoint, load_weights, open_run_folder, replace_run,
                          save_checkpoint, staging_dir)
 from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, get_config, pool_tokens, set_attention
-from .provenance import atomic_write_json, provenance, results_dir, runs_dir
+from .provenance import atomic_write_json, results_dir, runs_dir
 from .reference import TABLE1, target_label
 from .results import write_record
 from .targets import parse_target
@@ -898,12 +898,7 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
                          val_fraction=config.val_fraction, seed=config.seed, device=dev)
 
     if dist.is_main:
-        check_writable(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
-        if not (run_dir / "provenance.json").is_file():
-            atomic_write_json(run_dir / "provenance.json",
-                              {**provenance(str(dev)), "seed": config.seed, "world_size": dist.world_size})
+        open_run_folder(run_dir, config, str(dev), seed=config.seed, world_size=dist.world_size)
     if isinstance(config, KNNConfig):
         feats = _pooled_splits(config, encoder, splits, dev) if config.features == "auto" else None
         result = EvalResult(run_dir, config, knn_probe(config, encoder, splits, device=dev, features=feats),

@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import check_writable, latest_checkpoint, load_weights, replace_run, staging_dir, unwrap
+from .checkpoint import latest_checkpoint, load_weights, open_run_folder, replace_run, staging_dir, unwrap
 from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import MAE, build_mae, get_config, set_attention
-from .provenance import atomic_write_json, provenance, runs_dir
+from .provenance import atomic_write_json, runs_dir
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
 from .pca import BOTTOM_METHODS as PCA_METHODS
 from .train import (ATTENTIONS, AUGMENTATIONS, PRECISIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
@@ -246,14 +246,9 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
     pc_masking = make_pc_masking(spec, basis, device=dev) if spec.masks_components else None
     if dist.is_main:
-        check_writable(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
-        if not (run_dir / "provenance.json").is_file():
-            atomic_write_json(run_dir / "provenance.json",
-                              {**provenance(str(dev)), "seed": config.seed, "precision": precision,
-                               "attention": attention, "world_size": dist.world_size,
-                               "pca_basis": basis_provenance(basis) if basis is not None else None})
+        open_run_folder(run_dir, config, str(dev), seed=config.seed, precision=precision, attention=attention,
+                        world_size=dist.world_size,
+                        pca_basis=basis_provenance(basis) if basis is not None else None)
     recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
 
     data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist, device=dev)
