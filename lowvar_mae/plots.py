@@ -22,29 +22,37 @@ def glue(name: str, value, display: bool = False):
     return value
 
 
-def to_display(images: Tensor, stretch: bool = False, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+def to_display(images: Tensor, stretch: bool = False, low: float = 1.0, high: float = 99.0,
+               like: Tensor | None = None) -> np.ndarray:
     """(N, C, H, W) images in [0, 1] -> (N, H, W, C) numpy in [0, 1] for imshow.
 
     stretch: map each image's ``low``..``high`` percentiles to 0..1 (per image, all
-    channels together), so faint low-variance detail becomes visible.
+    channels together), so faint low-variance detail becomes visible. like: take the
+    percentiles from these images instead (a prediction shown on its target's scale).
     """
     x = images.detach().float().cpu()
     if stretch:
-        flat = x.flatten(1)
+        flat = (x if like is None else like.detach().float().cpu()).flatten(1)
         lo = torch.quantile(flat, low / 100, dim=1).view(-1, 1, 1, 1)
         hi = torch.quantile(flat, high / 100, dim=1).view(-1, 1, 1, 1)
         x = (x - lo) / (hi - lo).clamp_min(1e-8)
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(rows: Mapping[str, Tensor], stretch: Sequence[str] = (), scale: float = 1.2, titles=None):
-    """A grid with one row per entry of ``rows`` (name -> (N, C, H, W) in [0, 1])."""
+def image_grid(rows: Mapping[str, Tensor], stretch: Sequence[str] = (), scale: float = 1.2, titles=None,
+               stretch_like: Mapping[str, str] | None = None):
+    """A grid with one row per entry of ``rows`` (name -> (N, C, H, W) in [0, 1]).
+
+    stretch: rows shown contrast-stretched; stretch_like: {row: other row} stretches a row
+    with the other row's per-image range (so the two compare pixel for pixel)."""
     import matplotlib.pyplot as plt
 
+    stretch_like = dict(stretch_like or {})
     n = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(rows), n, figsize=(scale * n, scale * len(rows) + 0.3), squeeze=False)
     for r, (name, imgs) in enumerate(rows.items()):
-        shown = to_display(imgs, stretch=name in stretch)
+        ref = rows[stretch_like[name]] if name in stretch_like else None
+        shown = to_display(imgs, stretch=name in stretch or ref is not None, like=ref)
         for c in range(n):
             ax = axes[r, c]
             ax.set_xticks([]), ax.set_yticks([])
@@ -132,13 +140,22 @@ def masked_view(images: Tensor, mask: Tensor, fill: float = 0.5) -> Tensor:
 def reconstruction_grid(rec: Mapping[str, Tensor], n: int = 8, stretch_target: bool = False):
     """Masked input / prediction / target / original for one saved reconstruction batch.
 
-    The prediction is shown where it counts (masked patches), pasted into the visible input.
+    For an image target the prediction is shown where it counts (masked patches), pasted
+    into the visible input. For a faint filtered target (``stretch_target``) the prediction
+    of the masked patches is pasted into the target, both stretched with the target's
+    per-image range, so what was learned is visible on the target's own scale.
     """
     x, mask = rec["input"][:n], rec["mask"][:n]
+    target = rec["target"][:n]
+    if stretch_target:
+        pasted = target * (1 - mask) + rec["prediction"][:n] * mask  # the loss looks at masked patches only
+        rows = {"masked input": masked_view(x, mask), "prediction\n(target's scale)": pasted,
+                "target\n(stretched)": target, "original": x}
+        return image_grid(rows, stretch=["target\n(stretched)"],
+                          stretch_like={"prediction\n(target's scale)": "target\n(stretched)"})
     pasted = x * (1 - mask) + rec["prediction"][:n].clamp(0, 1) * mask
-    rows = {"masked input": masked_view(x, mask), "prediction": pasted,
-            "target": rec["target"][:n], "original": x}
-    return image_grid(rows, stretch=["target"] if stretch_target else [])
+    rows = {"masked input": masked_view(x, mask), "prediction": pasted, "target": target, "original": x}
+    return image_grid(rows)
 
 
 def plot_curves(frames: Mapping[str, "object"], y: str = "loss", x: str = "epoch", logy: bool = True,

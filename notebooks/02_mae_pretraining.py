@@ -34,6 +34,7 @@ retrain = False           # True: delete the run folder and train again
 
 # %% tags=["remove-cell"]
 import pandas as pd
+from IPython.display import Markdown, display
 
 from lowvar_mae.plots import dataset_note, glue, plot_curves, reconstruction_grid
 from lowvar_mae.pretrain import make_config, pretrain
@@ -89,6 +90,24 @@ fig.suptitle(f"epoch {first}", y=1.02);
 # %%
 fig = reconstruction_grid(recons[last], stretch_target=spec.startswith("pca-bottom"))
 fig.suptitle(f"epoch {last}", y=1.02);
+
+# %% tags=["remove-input"]
+def relative_error(rec) -> float:
+    """Squared error on the masked patches over the target's variance there (1: the mean image)."""
+    m = rec["mask"].expand_as(rec["target"]).bool()
+    err = (rec["prediction"] - rec["target"])[m].square().mean()
+    var = (rec["target"] - rec["target"].mean(0, keepdim=True))[m].square().mean()
+    return float(err / var)
+
+
+r_first, r_last = relative_error(recons[first]), relative_error(recons[last])
+display(Markdown(
+    f"On the masked patches of these test images the squared error is **{r_first:.2f}** of the target's variance "
+    f"at epoch {first} and **{r_last:.2f}** at epoch {last} (1.0 is what predicting the mean image scores). "
+    + ("The model has learned to fill in part of the target." if r_last < 0.8 else
+       f"The model still does {'no better than' if r_last >= 1 else 'little better than'} the mean image there: "
+       "this short teaching run shows the machinery, not a trained model; the evaluation chapter's runs on "
+       "CIFAR-10 train for longer.")))
 
 # %% [markdown]
 # ## The run folder
