@@ -423,14 +423,15 @@ def bench_records(folders=None) -> list[dict]:
 
 
 def throughput_summary(records):
-    """One row per (machine, preset): the latest full (not --quick) record's fast path against
-    its baseline at the largest batch both measured: images/s, ratio, precision, and the
-    record's estimate of the presentation's 400-epoch recipe where it made one."""
+    """One row per (machine, preset): the latest record's fast path against its baseline at
+    the largest batch both measured (a full run is preferred to a later --quick one):
+    images/s, ratio, precision, whether the run was quick, and the record's estimate of the
+    presentation's 400-epoch recipe where it made one."""
     import pandas as pd
 
     latest = {}
     for rec in records:
-        if rec["kind"] != "pretrain_throughput" or rec.get("quick"):
+        if rec["kind"] != "pretrain_throughput":
             continue
         prov = rec.get("provenance", {})
         for preset in dict.fromkeys(r["preset"] for r in rec["rows"]):
@@ -442,13 +443,16 @@ def throughput_summary(records):
             fast = next(r for r in rows if r["path"] == "fast" and r["batch"] == b)
             base = next(r for r in rows if r["path"] == "baseline" and r["batch"] == b)
             paper = rec.get("paper_estimate") or {}
-            latest[(prov.get("device_name"), preset)] = {
+            key = (prov.get("device_name"), preset)
+            if rec.get("quick") and key in latest and not latest[key]["quick"]:
+                continue  # a shortened run does not replace a full one
+            latest[key] = {
                 "machine": prov.get("device_name"), "date": str(prov.get("time_utc", ""))[:10], "preset": preset,
                 "batch": b, "fast path": fast["precision"] + (", compiled" if fast.get("compiled") else ""),
                 "baseline img/s": base["img_per_s"], "fast img/s": fast["img_per_s"],
                 "fast / baseline": fast["img_per_s"] / base["img_per_s"],
                 "400-epoch recipe, h": paper.get("hours") if paper.get("preset") == preset else None,
-                "file": rec["file"]}
+                "quick": bool(rec.get("quick")), "file": rec["file"]}
     return pd.DataFrame(list(latest.values()))
 
 

@@ -40,7 +40,7 @@ fits = report.pca_summary(records)
 
 # %% tags=["remove-input"]
 if steps.empty:
-    display(Markdown("No full pretraining-throughput record yet: run `python bench/pretrain_throughput.py`."))
+    display(Markdown("No pretraining-throughput record yet: run `python bench/pretrain_throughput.py`."))
 else:
     shown = steps.drop(columns="file").copy()
     shown["400-epoch recipe, h"] = [f"{h:.0f}" if h == h and h is not None else "" for h in shown["400-epoch recipe, h"]]
