@@ -366,6 +366,8 @@ def plot_accuracy_by_target(table, dataset: str, targets: list[str] | None = Non
     chance level. targets: their order on the axis (default: the table's)."""
     import matplotlib.pyplot as plt
 
+    from .data import DATASETS
+
     rows = table[(table["dataset"] == dataset)]
     present = list(dict.fromkeys(rows["target"]))
     targets = [t for t in targets if t in present] if targets is not None else present
@@ -382,8 +384,6 @@ def plot_accuracy_by_target(table, dataset: str, targets: list[str] | None = Non
             ax.scatter(x, sub["original"].to_numpy(float), marker="_", s=300, color="black", zorder=3,
                        label=None if labelled else "presentation")
             labelled = True
-    from .data import DATASETS
-
     ax.axhline(1 / DATASETS[dataset].num_classes, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(np.arange(len(targets)), [target_label(t) for t in targets], rotation=20, ha="right")
     ax.set_ylabel("test accuracy")
