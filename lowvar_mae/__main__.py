@@ -94,6 +94,23 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def cmd_curve(args) -> int:
+    """The conv net on PCA subspaces, one point at a time; points with records are skipped."""
+    from . import curve
+
+    points = curve.plan(args.dataset, seeds=args.seeds)
+    if args.missing:
+        print(curve.describe_missing(points))
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    curve.run_curve(points, device=args.device, allow_dirty=args.allow_dirty)
+    print(curve.describe_missing(points))
+    return 0
+
+
 def cmd_baseline(args) -> int:
     """Softmax regression on raw pixels, the bar the probes of pretrained encoders must clear."""
     from .evaluate import pixel_linear_probe
@@ -187,6 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("curve", help="the conv net on top and bottom PCA subspaces (one record per point), "
+                       "skipping points that have records",
+                       description="The whole curve with the first seed, then more seeds for full, top 90%%, "
+                       "top 75%%, bottom 25%% and bottom 20%%. Touch <runs>/curve.stop to stop after the current "
+                       "point. Run nothing else beside it on two cores.")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--missing", action="store_true", help="list the points without a record and their estimated time")
+    p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_curve)
 
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p = sub.add_parser("baseline", help="softmax regression on raw pixels (the probes' bar), one record per seed")

@@ -71,7 +71,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, *, kind: str = "adamw", lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.9,
-                    device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+                    nesterov: bool = False, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
     """AdamW or SGD with momentum, weight decay on weights only.
 
     AdamW is the fused kernel on CPU and CUDA (one pass over all parameters, no
@@ -83,7 +83,7 @@ def build_optimizer(model: nn.Module, *, kind: str = "adamw", lr: float, weight_
         fused = torch.device(device).type in ("cpu", "cuda")
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {kind!r}")
 
 
