@@ -111,6 +111,37 @@ def cmd_curve(args) -> int:
     return 0
 
 
+def cmd_linear(args) -> int:
+    """The linear classifier on every subspace of the curve, penalties chosen on validation, recorded."""
+    from .analysis import linear_subspace_benchmark
+    from .provenance import require_clean
+
+    require_clean(args.allow_dirty)
+    frame = linear_subspace_benchmark(args.dataset, device=args.device)
+    print(frame[["side", "share", "n_components", "test_accuracy", "wall_seconds"]].to_string())
+    return 0
+
+
+def cmd_learning_order(args) -> int:
+    """Pretrain with band metrics (or load such a run) and record its learning order."""
+    from .analysis import LEARNING_ORDER_KIND, learning_order_fields, learning_order_run
+    from .pretrain import make_config
+    from .provenance import require_clean
+    from .results import load_records, write_record
+
+    require_clean(args.allow_dirty)
+    done = load_records(LEARNING_ORDER_KIND)
+    for target in args.targets:
+        config = make_config(args.recipe, args.dataset, target, seed=args.seed)
+        if len(done) and (done["run_name"] == config.run_name).any():
+            print(f"{target}: recorded already ({config.run_name})")
+            continue
+        run, note = learning_order_run(config, n_eval=args.n_eval, device=args.device)
+        path = write_record(LEARNING_ORDER_KIND, learning_order_fields(run, note), device=args.device)
+        print(f"{target}: {note} -> {path}", flush=True)
+    return 0
+
+
 def cmd_baseline(args) -> int:
     """Softmax regression on raw pixels, the bar the probes of pretrained encoders must clear."""
     from .evaluate import pixel_linear_probe
@@ -217,6 +248,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("linear", help="the linear classifier on every subspace of the curve (records; "
+                       "penalties chosen on validation, three points checked against scikit-learn)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_linear)
+
+    p = sub.add_parser("learning-order", help="pretrain with per-band reconstruction errors and record them "
+                       "(skips targets whose run is recorded)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--targets", nargs="+", default=["pixels", "pca-bottom:0.25"])
+    p.add_argument("--recipe", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-eval", type=int, default=256, help="held-out test images reconstructed after each epoch")
+    p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_learning_order)
 
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p = sub.add_parser("baseline", help="softmax regression on raw pixels (the probes' bar), one record per seed")

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from . import pca
 from .analysis import DEFAULT_SHARES_BOTTOM, DEFAULT_SHARES_TOP, ConvNetConfig
-from .provenance import device_info, git_revision, runs_dir
+from .provenance import device_info, require_clean, runs_dir
 
 STOP_FILE = "curve.stop"
 # The points that carry the comparison, run with three seeds (the rest with one).
@@ -128,10 +128,7 @@ def run_curve(points: list[Point], cfg: ConvNetConfig = ConvNetConfig(), *, devi
     from .targets import dataset_basis
     from .train import resolve_device
 
-    revision = git_revision()
-    if revision.endswith("-dirty") and not allow_dirty:
-        raise RuntimeError(f"the checkout has uncommitted changes ({revision}): commit them first, so that the "
-                           "records name the code that made them, or pass allow_dirty=True (--allow-dirty)")
+    revision = require_clean(allow_dirty)
     todo = missing(points, cfg, results_root)
     log(f"curve: {len(todo)} of {len(points)} points to run at {revision}")
     dev = resolve_device(device)

@@ -975,7 +975,7 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
     scored once, with the chosen penalty. Writes a record of kind "baseline" unless one of
     the same setting exists (then that record's fields are returned).
     """
-    from .analysis import LinearConfig, linear_accuracy
+    from .analysis import LinearConfig, choose_weight_decay, linear_accuracy
 
     setting = {"dataset": dataset, "target": "raw-pixels", "metric": "linear", "seed": seed, "n_train_subset": n_train,
                "n_test_subset": n_test, "val_fraction": val_fraction, "weight_decays": list(weight_decays),
@@ -989,12 +989,9 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
     start = time.perf_counter()
     splits = load_splits(dataset, n_train=n_train, n_test=n_test, val_fraction=val_fraction, seed=seed, device=dev)
     flat = {name: getattr(splits, f"{name}_images").flatten(1).float() / 255 for name in ("train", "val", "test")}
-    fits = {}
-    for wd in weight_decays:
-        cfg = LinearConfig(weight_decay=wd, max_iter=max_iter)
-        fits[wd] = linear_accuracy(flat["train"], splits.train_labels, flat["val"], splits.val_labels,
-                                   splits.num_classes, cfg)
-    chosen = max(weight_decays, key=lambda wd: fits[wd]["test_accuracy"])
+    chosen, fits = choose_weight_decay(flat["train"], splits.train_labels, flat["val"], splits.val_labels,
+                                       splits.num_classes, LinearConfig(weight_decays=tuple(weight_decays),
+                                                                        max_iter=max_iter))
     final = linear_accuracy(flat["train"], splits.train_labels, flat["test"], splits.test_labels, splits.num_classes,
                             LinearConfig(weight_decay=chosen, max_iter=max_iter))
     fields_ = {**setting, "recipe": "pixels-linear", "value": final["test_accuracy"],

@@ -28,7 +28,7 @@ from . import evaluate as ev
 from .data import DATASETS
 from .evaluate import METRICS, NO_TARGET, RECIPES as EVAL_RECIPES, evaluate, has_record, make_eval_config
 from .pretrain import RECIPES as PRETRAIN_RECIPES, make_config, pretrain
-from .provenance import device_info, git_revision, runs_dir
+from .provenance import device_info, require_clean, runs_dir
 from .targets import parse_target
 
 STOP_FILE = "grid.stop"
@@ -186,10 +186,7 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
     allow_dirty: write records from a checkout with uncommitted changes (their git revision
     then ends in "-dirty"). Stops between cells when ``<runs>/grid.stop`` exists.
     """
-    revision = git_revision()
-    if revision.endswith("-dirty") and not allow_dirty:
-        raise RuntimeError(f"the checkout has uncommitted changes ({revision}): commit them first, so that the "
-                           "records name the code that made them, or pass allow_dirty=True (--allow-dirty)")
+    revision = require_clean(allow_dirty)
     todo = missing(cells, results_root)
     log(f"grid: {len(todo)} of {len(cells)} cells to run at {revision}")
     stop = runs_dir(root) / STOP_FILE

@@ -6,7 +6,11 @@ import torch
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX) that torch's
+    kernels use: False when torch dispatches to AVX2 or less (``ATEN_CPU_CAPABILITY=avx2``
+    makes an AVX-512 machine compute as an AVX2 one)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool((check and check()) or (amx and amx()))

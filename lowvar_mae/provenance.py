@@ -65,6 +65,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def require_clean(allow_dirty: bool = False) -> str:
+    """The checkout's revision; raises RuntimeError when it has uncommitted changes (a record
+    must name the code that made it) unless ``allow_dirty``."""
+    revision = git_revision()
+    if revision.endswith("-dirty") and not allow_dirty:
+        raise RuntimeError(f"the checkout has uncommitted changes ({revision}): commit them first, so that the "
+                           "records name the code that made them, or pass allow_dirty=True (--allow-dirty)")
+    return revision
+
+
 def device_info(device: str | None = None) -> dict[str, object]:
     """Name of the device a computation ran on, and the CPU's vector capability."""
     import torch
@@ -78,7 +88,9 @@ def device_info(device: str | None = None) -> dict[str, object]:
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     else:
         bf16 = ", native bf16" if info["cpu_native_bf16"] else ""
-        info["device_name"] = f"CPU ({info['cpu_capability']}{bf16}, {os.cpu_count()} cores)"
+        forced = os.environ.get("ATEN_CPU_CAPABILITY")
+        limited = f", kernels limited by ATEN_CPU_CAPABILITY={forced}" if forced else ""
+        info["device_name"] = f"CPU ({info['cpu_capability']}{bf16}, {os.cpu_count()} cores{limited})"
     return info
 
 

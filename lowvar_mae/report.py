@@ -398,7 +398,7 @@ def plot_accuracy_by_target(table, dataset: str, targets: list[str] | None = Non
 # ---------------------------------------------------------------- benchmark records
 
 
-BENCH_KINDS = ("pretrain_throughput", "pca_bench")
+BENCH_KINDS = ("pretrain_throughput", "pca_bench", "convnet_throughput")
 
 
 def bench_records(folders=None) -> list[dict]:
@@ -501,3 +501,105 @@ __all__ = ["protocol_records", "summary_table", "t_interval", "paired_difference
            "calibration_curves", "claim_table", "CLAIMS", "plot_summary", "training_curves", "results_table",
            "table1_comparison", "plot_accuracy_by_target", "bench_records", "throughput_summary", "pca_summary",
            "plot_throughput", "plot_differences", "plot_calibration", "PROBE_LABELS"]
+
+
+# ---------------------------------------------------------------- the subspace curves
+
+
+def current_subspace_records(records, dataset: str = "cifar10"):
+    """The subspace records of ``dataset`` made with today's settings of each classifier:
+    the linear fits of ``analysis.SUBSPACE_LINEAR`` (penalty chosen on validation, fitted to
+    convergence) and the conv nets of ``analysis.ConvNetConfig()``. Older records (other
+    settings) stay in the results folder and out of the curves."""
+    from dataclasses import asdict
+
+    from .analysis import SUBSPACE_LINEAR, ConvNetConfig
+
+    if records is None or not len(records) or "classifier" not in records:
+        return records.iloc[:0] if records is not None else None
+    wanted = {"linear": asdict(SUBSPACE_LINEAR), "convnet": asdict(ConvNetConfig())}
+    keep = [r["dataset"] == dataset and isinstance(r["settings"], dict) and r["settings"] == wanted.get(r["classifier"])
+            for _, r in records.iterrows()]
+    return records[keep].reset_index(drop=True)
+
+
+def subspace_curves(records):
+    """One row per (classifier, side, share) of :func:`current_subspace_records`: mean,
+    sample std and count of the test accuracy over seeds, the seeds, the share of
+    variance kept on the test images, the components, the median minutes a run took and
+    the machines."""
+    import pandas as pd
+
+    rows = []
+    for (classifier, side, share), g in records.groupby(["classifier", "side", "share"], sort=False):
+        acc = g["test_accuracy"].astype(float)
+        rows.append({"classifier": classifier, "side": side, "share": float(share),
+                     "n_components": int(g["n_components"].iloc[0]),
+                     "kept_share": float(g["kept_share_test"].astype(float).mean()),
+                     "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
+                     "n": len(acc), "seeds": sorted(int(s) for s in g["seed"]),
+                     "minutes": float(g["wall_seconds"].median()) / 60,
+                     "machines": ", ".join(sorted(set(g["device_name"].dropna()))) if "device_name" in g else ""})
+    out = pd.DataFrame(rows)
+    if len(out):
+        side_order = {"full": 0, "top": 1, "bottom": 2}
+        out = out.sort_values(["classifier", "side", "share"], key=lambda c: c.map(side_order) if c.name == "side"
+                              else c, ascending=[False, True, True]).reset_index(drop=True)
+    return out
+
+
+def subspace_difference(records, classifier: str, a=("bottom", 0.2), b=("top", 0.9), confidence: float = 0.95):
+    """Accuracy on subspace ``a`` minus accuracy on ``b`` for one classifier, paired by seed:
+    dict with n, the differences, mean, t interval and :func:`verdict` (None when either
+    point has no record)."""
+    sub = records[records["classifier"] == classifier]
+
+    def by_seed(side, share):
+        part = sub[(sub["side"] == side) & ((sub["share"] - (1.0 if share is None else share)).abs() < 1e-9)]
+        return {int(s): float(v) for s, v in zip(part["seed"], part["test_accuracy"])}
+
+    first, second = by_seed(*a), by_seed(*b)
+    seeds = sorted(set(first) & set(second))
+    if not seeds:
+        return None
+    diffs = [first[s] - second[s] for s in seeds]
+    mean, low, high = t_interval(diffs, confidence)
+    return {"n": len(seeds), "differences": diffs, "mean": mean, "low": low, "high": high,
+            "verdict": verdict(mean, low, high, len(seeds))}
+
+
+SUBSPACE_LABELS = {"linear": "linear (softmax regression)", "convnet": "conv net"}
+
+
+def plot_subspace_curves(curves, title: str = ""):
+    """Test accuracy against the share of variance the subspace keeps (log axis), one colour
+    per classifier, circles for top subspaces, squares for bottom ones, bars: +- one std
+    over seeds; dotted lines: the full images."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for i, classifier in enumerate([c for c in SUBSPACE_LABELS if c in set(curves["classifier"])]):
+        part = curves[curves["classifier"] == classifier]
+        colour = f"C{i}"
+        for side, marker in (("top", "o"), ("bottom", "s")):
+            pts = part[part["side"] == side].sort_values("kept_share")
+            if len(pts):
+                ax.errorbar(pts["kept_share"], pts["mean"], yerr=pts["std"].fillna(0), marker=marker, ms=5,
+                            color=colour, ls="-" if side == "top" else "--", capsize=3,
+                            label=f"{SUBSPACE_LABELS[classifier]}, {side} subspaces")
+        full = part[part["side"] == "full"]
+        if len(full):
+            ax.axhline(float(full["mean"].iloc[0]), color=colour, ls=":", lw=1.2,
+                       label=f"{SUBSPACE_LABELS[classifier]}, full images")
+    ax.set_xscale("log")
+    ax.set_xlabel("share of pixel variance the subspace keeps (test images, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["current_subspace_records", "subspace_curves", "subspace_difference", "plot_subspace_curves",
+            "SUBSPACE_LABELS"]

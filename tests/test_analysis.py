@@ -233,6 +233,15 @@ def test_hook_lands_in_metrics_and_a_run_without_bands_is_retrained(runs):
     run, note = analysis.learning_order_run(config, n_eval=8, device="cpu")
     assert not run.trained_now and note == "loaded with band metrics"
 
+    # the committed record of a run: its band errors round-trip through the results folder
+    from lowvar_mae.results import load_records, write_record
+
+    write_record(analysis.LEARNING_ORDER_KIND, analysis.learning_order_fields(run, note), device="cpu")
+    frames = analysis.learning_order_records(load_records(analysis.LEARNING_ORDER_KIND, runs.parent / "results"))
+    assert list(frames) == ["pixels"]
+    pd_testing = __import__("pandas").testing
+    pd_testing.assert_frame_equal(frames["pixels"], frame)
+
 
 @pytest.mark.parametrize("anisotropic", [False, True])
 def test_linear_classifier_agrees_with_scikit_learn(anisotropic):
@@ -264,3 +273,52 @@ def test_linear_classifier_agrees_with_scikit_learn(anisotropic):
     assert ours["train_accuracy"] == pytest.approx(ref.score(x[:400], labels[:400]), abs=1 / 400)
     assert ours["test_accuracy"] == pytest.approx(ref.score(x[400:], labels[400:]), abs=1 / 200)
     assert ours["converged"]
+
+
+def _blobs(n=600, d=12, k=3, seed=0, anisotropic=True):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    x = rng.normal(size=(k, d))[labels] + rng.normal(size=(n, d)) * 1.5
+    if anisotropic:
+        x = x * np.logspace(-2, 2, d)
+    return torch.tensor(x), torch.tensor(labels)
+
+
+def test_sklearn_agreement_finds_the_same_optimum_on_raw_anisotropic_features():
+    """Features not standardised and with scales over four orders of magnitude: both solvers
+    see z = (x - mean) / s and must land on one optimum of one objective."""
+    x, y = _blobs()
+    tight = dataclasses.replace(analysis.SUBSPACE_LINEAR, tolerance_grad=1e-8)
+    out = analysis.sklearn_agreement(x[:400], y[:400], x[400:], y[400:], 3, 1e-2, cfg=tight, tol=1e-10)
+    assert abs(out["objective_gap"]) < 1e-10
+    assert out["weight_rel_diff"] < 1e-3
+    assert out["test_prediction_agreement"] == 1.0
+    for side in ("ours", "sklearn"):
+        assert out[side]["grad_max"] < 1e-4 and out[side]["iterations"] > 0
+    assert out["ours"]["test_accuracy"] == out["sklearn"]["test_accuracy"]
+    # a stub that returned a worse point would show: the objective at zero weights is log(3)
+    assert out["sklearn"]["objective"] < np.log(3) - 0.1
+    loose = analysis.sklearn_agreement(x[:400], y[:400], x[400:], y[400:], 3, 1e-2, tol=1e-10)
+    assert 0 <= loose["objective_gap"] < 1e-5 and loose["ours"]["grad_max"] <= 1e-4  # stopped at the stated tolerance
+
+
+def test_penalty_is_chosen_on_held_out_training_rows_and_refitted():
+    x, y = _blobs(n=900, d=40, k=3, seed=1, anisotropic=False)
+    cfg = analysis.LinearConfig(weight_decays=(1e-4, 30.0), val_fraction=0.3, max_iter=300, dtype="float64")
+    out = analysis.fit_linear(x[:700], y[:700], x[700:], y[700:], 3, cfg, seed=0)
+    val = out["val_accuracy"]
+    assert set(val) == {"0.0001", "30.0"}
+    assert out["weight_decay"] == 1e-4 and val["0.0001"] > val["30.0"]  # a huge penalty predicts near chance
+    assert out["converged"] and out["val_converged"] and "weight" not in out
+    single = analysis.linear_accuracy(x[:700], y[:700], x[700:], y[700:], 3,
+                                      dataclasses.replace(cfg, weight_decays=(), weight_decay=1e-4))
+    assert out["test_accuracy"] == single["test_accuracy"]  # the chosen penalty refitted on all training rows
+    tie = analysis.choose_weight_decay(x[:10], y[:10], x[10:20], y[10:20], 3,
+                                       analysis.LinearConfig(weight_decays=(1e-3, 1e-3 + 1e-12, 1e-3 + 2e-12)))
+    assert tie[0] == 1e-3 + 2e-12  # equal validation accuracy: the larger penalty
+    with pytest.raises(ValueError, match="val_fraction must leave at least one of the 700 training rows"):
+        analysis.fit_linear(x[:700], y[:700], x[700:], y[700:], 3, dataclasses.replace(cfg, val_fraction=1.0))
+    with pytest.raises(ValueError, match="weight_decays must be a non-empty list of penalties >= 0"):
+        analysis.choose_weight_decay(x, y, x, y, 3, analysis.LinearConfig(weight_decays=(-1.0,)))
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64', got 'float16'"):
+        analysis.linear_accuracy(x, y, x, y, 3, analysis.LinearConfig(dtype="float16"))

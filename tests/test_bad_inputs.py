@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowvar_mae import book, checkpoint, grid, pca
+from lowvar_mae import analysis, book, checkpoint, curve, grid, pca
 from lowvar_mae.__main__ import main
 from lowvar_mae.data import ImageDataset, load_dataset, make_synthetic, save_shards
 from lowvar_mae.evaluate import make_eval_config
@@ -158,6 +158,9 @@ def cases(tmp, monkeypatch, capsys):
         "grid-probe": lambda: grid.plan(["cifar10"], ["pixels"], [0], ["svm"], "cpu"),
         "grid-target": lambda: grid.plan(["cifar10"], ["edges"], [0], ["knn"], "cpu"),
         "grid-seed": lambda: grid.plan(["cifar10"], ["pixels"], [-1], ["knn"], "cpu"),
+        "curve-point": lambda: curve.plan("cifar10", seeded=[("bottom", 0.3)]),
+        "linear-penalties": lambda: analysis.choose_weight_decay(*[torch.zeros(4, 2), torch.zeros(4).long()] * 2, 2,
+                                                                 analysis.LinearConfig(weight_decays=())),
         "notebook": lambda: book.find_notebook("99"),
         "notebook-parameter": lambda: book.execute_notebook(book.find_notebook("06"), tmp / "out.ipynb",
                                                             {"datset": "cifar10"}),

@@ -220,3 +220,24 @@ def test_bench_records_are_named_by_kind_device_type_and_utc_time(tmp_path):
     assert path.parent == tmp_path / "bench"
     kind, device, stamp = path.stem.rsplit("-", 2)
     assert (kind, device, len(stamp), stamp[8], stamp[-1]) == ("pca_bench", "cuda", 16, "T", "Z")
+
+
+def test_convnet_throughput_record_compares_formats_projections_and_kernels(tmp_path):
+    bench = load_bench("convnet_throughput")
+    out = tmp_path / "convnet.json"
+    assert bench.main(["--batch", "8", "--warmup", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = record["rows"]
+    assert {(r["isa"], r["projection"], r["channels_last"]) for r in rows} == {
+        (i, p, c) for i in ("native", "avx2") for p in ("none", "bottom25") for c in (False, True)}
+    assert all(r["capability"] == "AVX2" for r in rows if r["isa"] == "avx2")  # the subprocess took the setting
+    native = {r["capability"] for r in rows if r["isa"] == "native"}
+    assert native == {torch.backends.cpu.get_cpu_capability()}
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
+        assert r["point_minutes"] == pytest.approx(record["epochs"] * 50_000 / r["images_per_s"] / 60)
+        if not r["channels_last"]:
+            assert r["vs_nchw"] == 1.0
+        if r["isa"] == "native":
+            assert r["vs_native"] == 1.0
+    assert "cpu_capability" in record["provenance"]

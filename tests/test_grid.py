@@ -167,7 +167,7 @@ def test_grid_stops_between_cells_and_refuses_a_dirty_tree(dirs, monkeypatch):
     runs.mkdir(parents=True)
     (runs / grid.STOP_FILE).touch()
     assert grid.run_grid(tiny_plan(), allow_dirty=True, log=lambda *_: None) == []
-    monkeypatch.setattr(grid, "git_revision", lambda: "abc123-dirty")
+    monkeypatch.setattr("lowvar_mae.provenance.git_revision", lambda: "abc123-dirty")
     with pytest.raises(RuntimeError, match="uncommitted changes"):
         grid.run_grid(tiny_plan(), log=lambda *_: None)
 
