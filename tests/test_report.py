@@ -143,3 +143,29 @@ def test_throughput_summary_takes_the_latest_full_record_per_machine_and_the_lar
     assert row["batch"] == 128 and row["fast / baseline"] == pytest.approx(5.0)
     assert row["400-epoch recipe, h"] == 12.5 and row["file"] == "2026-02-01.json"
     assert table.loc["GPU", "fast / baseline"] == pytest.approx(1.5)
+
+
+def test_current_subspace_records_match_settings_read_back_from_record_files(tmp_path):
+    """Settings hold tuples (the penalty candidates); a record file gives them back as lists."""
+    from dataclasses import asdict, replace
+
+    from lowvar_mae.analysis import SUBSPACE_LINEAR, ConvNetConfig
+    from lowvar_mae.results import load_records, write_record
+
+    def fields(classifier, settings, seed, acc, share=0.25):
+        return {"dataset": "cifar10", "classifier": classifier, "settings": settings, "side": "bottom",
+                "share": share, "n_components": 3051, "kept_share_test": share, "test_accuracy": acc,
+                "wall_seconds": 60.0, "seed": seed, "name": f"{classifier}-{seed}-{acc}"}
+
+    write_record("subspace", fields("linear", asdict(SUBSPACE_LINEAR), 0, 0.24), root=tmp_path)
+    write_record("subspace", fields("linear", asdict(replace(SUBSPACE_LINEAR, max_iter=100)), 0, 0.20), root=tmp_path)
+    for seed, acc in ((0, 0.86), (1, 0.84)):
+        write_record("subspace", fields("convnet", asdict(ConvNetConfig()), seed, acc), root=tmp_path)
+    write_record("subspace", fields("convnet", asdict(ConvNetConfig(epochs=1)), 2, 0.5), root=tmp_path)
+
+    current = report.current_subspace_records(load_records("subspace", root=tmp_path))
+    assert sorted(current["test_accuracy"]) == [0.24, 0.84, 0.86]
+    curves = report.subspace_curves(current).set_index("classifier")
+    assert curves.loc["linear", "n"] == 1 and curves.loc["convnet", "n"] == 2
+    assert curves.loc["convnet", "mean"] == pytest.approx(0.85)
+    assert curves.loc["convnet", "std"] == pytest.approx(np.std([0.86, 0.84], ddof=1))
