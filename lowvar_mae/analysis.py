@@ -961,13 +961,11 @@ LEARNING_ORDER_KIND = "learning_order"
 def learning_order_fields(run, note: str = "") -> dict:
     """What a learning-order record holds: the run's name and config, and per epoch its
     training loss, seconds and band errors (the lines of metrics.jsonl that have them)."""
-    from dataclasses import asdict as _asdict
-
     lines = [{k: m[k] for k in ("epoch", "loss", "seconds", "band_rel_error", "band_edges") if k in m}
              for m in run.metrics if "band_rel_error" in m]
     cfg = run.config
     return {"dataset": cfg.dataset, "target": cfg.target, "recipe": cfg.recipe, "seed": cfg.seed,
-            "run_name": run.run_dir.name, "config": _asdict(cfg), "epochs": lines, "note": note,
+            "run_name": run.run_dir.name, "config": asdict(cfg), "epochs": lines, "note": note,
             "pretrain_seconds": sum(float(m.get("seconds", 0.0)) for m in run.metrics)}
 
 

@@ -169,3 +169,21 @@ def test_current_subspace_records_match_settings_read_back_from_record_files(tmp
     assert curves.loc["linear", "n"] == 1 and curves.loc["convnet", "n"] == 2
     assert curves.loc["convnet", "mean"] == pytest.approx(0.85)
     assert curves.loc["convnet", "std"] == pytest.approx(np.std([0.86, 0.84], ddof=1))
+
+
+def test_subspace_difference_pairs_seeds_and_matches_a_t_interval():
+    rows = [("bottom", 0.2, 0, 0.86), ("bottom", 0.2, 1, 0.85), ("bottom", 0.2, 2, 0.87),
+            ("top", 0.9, 0, 0.70), ("top", 0.9, 1, 0.68), ("top", 0.9, 3, 0.10),
+            ("full", 1.0, 0, 0.90)]
+    frame = pd.DataFrame([{"classifier": "convnet", "side": s, "share": sh, "seed": seed, "test_accuracy": a}
+                          for s, sh, seed, a in rows]
+                         + [{"classifier": "linear", "side": "top", "share": 0.9, "seed": 2, "test_accuracy": 0.4}])
+    out = report.subspace_difference(frame, "convnet")
+    diffs = [0.86 - 0.70, 0.85 - 0.68]  # seeds 0 and 1 only: seed 2 has no top-90% run, seed 3 no bottom-20%
+    assert out["n"] == 2 and out["differences"] == pytest.approx(diffs)
+    low, high = stats.t.interval(0.95, 1, loc=np.mean(diffs), scale=stats.sem(diffs))
+    assert out["mean"] == pytest.approx(np.mean(diffs))
+    assert (out["low"], out["high"]) == (pytest.approx(low), pytest.approx(high))
+    full = report.subspace_difference(frame, "convnet", a=("full", None), b=("top", 0.9))
+    assert full["n"] == 1 and full["differences"] == pytest.approx([0.90 - 0.70])
+    assert report.subspace_difference(frame, "linear") is None  # no bottom-20% record to pair with
