@@ -382,8 +382,9 @@ else:
 # ## Other recorded runs
 #
 # Records of other recipes on real data (the `quick` recipe: 2,000 images, 8 pretraining
-# epochs, one seed). Their targets lie within a few points of each other and of the random
-# encoder; they show that the pipeline runs on real images, not which target is better.
+# epochs, one seed), where there are any. They show that the pipeline runs on real images,
+# not which target is better. Records written from uncommitted code are kept apart in
+# `results/unverified/` and not shown.
 
 # %% tags=["remove-input"]
 every = load_records("eval")
