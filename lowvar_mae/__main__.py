@@ -49,6 +49,7 @@ def cmd_check_book(args) -> int:
     from . import book
 
     problems = book.check_book(args.html, BOOK_PAGES, shots=None if args.no_screenshots else args.shots)
+    problems += book.executed_problems(args.executed)
     for p in problems:
         print("PROBLEM:", p)
     if not problems:
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-book", help="check the built book's pages and take screenshots")
     p.add_argument("--html", default="_build/html")
     p.add_argument("--shots", default="_build/screenshots")
+    p.add_argument("--executed", default="book/executed", help="the executed chapters (stderr is checked)")
     p.add_argument("--no-screenshots", action="store_true")
     p.set_defaults(func=cmd_check_book)
 

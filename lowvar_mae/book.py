@@ -204,6 +204,25 @@ def dom_problems(dom: str, name: str = "page") -> list[str]:
     return problems
 
 
+def executed_problems(executed_dir: str | Path) -> list[str]:
+    """Warnings and errors the executed chapters wrote to stderr. The rendered book drops
+    stderr (progress bars belong to interactive sessions), so this is where a warning a
+    reader would never see, but a student running the notebook would, is caught."""
+    import nbformat
+
+    problems = []
+    for path in sorted(Path(executed_dir).glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for i, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    hit = _WARNINGS.search(out.get("text", ""))
+                    if hit:
+                        line = next(ln for ln in out["text"].splitlines() if hit.group(0) in ln)
+                        problems.append(f"{path.name} cell {i}: stderr: {line.strip()[:200]}")
+    return problems
+
+
 def dump_dom(page: Path, browser: str | None = None, width: int = 1280, height: int = 900) -> str:
     """The page's DOM after headless Chromium ran its scripts (MathJax included)."""
     browser = browser or chromium()

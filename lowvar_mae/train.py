@@ -383,6 +383,18 @@ def append_metrics(run_dir: Path, metrics: dict) -> None:
         os.fsync(f.fileno())
 
 
+def progress_bar(**kwargs):
+    """A tqdm bar: the notebook widget where ipywidgets is installed (JupyterLab via the
+    ``lab`` extra), the text bar otherwise, so a notebook run headlessly without ipywidgets
+    does not warn "IProgress not found" on every run."""
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
+    return tqdm(**kwargs)
+
+
 def train_loop(run_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData,
                loss_fn: LossFn, cfg: LoopConfig, device: torch.device, *, dist: Distributed = Distributed(),
                on_epoch_end: Callable[[int, dict], dict | None] | None = None,
@@ -417,9 +429,7 @@ def _train_loop(run_dir, model, optimizer, data, loss_fn, cfg, device, dist, on_
     epochs = range(start_epoch, end)
     bar = None
     if progress and dist.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc="epochs")
+        bar = progress_bar(total=cfg.epochs, initial=start_epoch, desc="epochs")
     for epoch in epochs:
         metrics = run_epoch(model, optimizer, data, loss_fn, epoch, cfg, device, dist, last_good)
         check_finite(model, f"after epoch {epoch + 1} (last good checkpoint: {last_good})")

@@ -128,3 +128,36 @@ def test_chromium_typesets_math_only_when_mathjax_loads(tmp_path):
                     '<script src="missing/tex-chtml.js"></script></body></html>')
     problems = book.dom_problems(book.dump_dom(page))
     assert any("were not typeset" in p for p in problems) and any("untypeset math" in p for p in problems)
+
+
+def test_a_warning_on_stderr_of_an_executed_chapter_is_caught(tmp_path):
+    """The page drops stderr, so warnings there are read from the executed notebooks; a
+    progress bar on stderr is not a warning."""
+    import nbformat
+
+    def chapter(name, stderr):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("run()")
+        cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=stderr)]
+        nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell]
+        nbformat.write(nb, tmp_path / name)
+
+    chapter("01_ok.ipynb", "epochs: 100%|##########| 4/4 [00:03<00:00,  1.2it/s]\n")
+    assert book.executed_problems(tmp_path) == []
+    chapter("02_warns.ipynb", "epochs: 0%|\n/x/tqdm/auto.py:21: TqdmWarning: IProgress not found.\n")
+    problems = book.executed_problems(tmp_path)
+    assert problems == ["02_warns.ipynb cell 1: stderr: /x/tqdm/auto.py:21: TqdmWarning: IProgress not found."]
+
+
+def test_progress_bar_is_text_without_ipywidgets(monkeypatch):
+    """Without ipywidgets the notebook widget would warn "IProgress not found": fall back."""
+    import sys
+
+    import tqdm.std
+
+    from lowvar_mae.train import progress_bar
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import raises ImportError
+    bar = progress_bar(total=2, disable=True)
+    assert type(bar) is tqdm.std.tqdm
+    bar.close()
