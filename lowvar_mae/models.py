@@ -18,11 +18,17 @@ The encoder (:class:`ViTEncoder`) is written once; :class:`MAE` and
 :class:`ViTClassifier` hold an instance of it.
 """
 
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
-from timm.models.vision_transformer import Block
+
+# timm imports huggingface_hub, which imports tqdm.auto: in a notebook kernel without
+# ipywidgets that warns "IProgress not found" although no bar is drawn. The package's own
+# bars fall back to text there (train.progress_bar); this one warning is silenced.
+warnings.filterwarnings("ignore", message="IProgress not found")
+from timm.models.vision_transformer import Block  # noqa: E402
 from torch import nn
 
 POS_EMBED_KINDS = ("learned", "sincos")

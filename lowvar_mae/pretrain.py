@@ -175,6 +175,22 @@ def load_reconstructions(run_dir: str | Path) -> dict[int, dict[str, torch.Tenso
     return out
 
 
+def masked_relative_error(rec: dict[str, torch.Tensor]) -> float:
+    """Squared error of a saved reconstruction (:func:`reconstruct`) on its masked patches,
+    over the target's variance across the batch there: 0 is exact, about 1 is what
+    predicting the mean image scores. The variance is the unbiased one (divided by n - 1
+    images), so that a prediction of the population mean scores 1 on average however
+    small the batch, not n / (n - 1)."""
+    target, pred = rec["target"].double(), rec["prediction"].double()
+    n = target.shape[0]
+    if n < 2:
+        raise ValueError(f"need a batch of at least 2 images to measure the target's variance, got {n}")
+    mask = rec["mask"].expand_as(target).bool()
+    err = (pred - target)[mask].square().mean()
+    var = (target - target.mean(0, keepdim=True))[mask].square().mean() * n / (n - 1)
+    return float(err / var)
+
+
 @torch.no_grad()
 def reconstruct(model: MAE, x01: torch.Tensor, target_fn: Callable, seed: int,
                 pc_masking: PCMasking | None = None) -> dict[str, torch.Tensor]:

@@ -17,7 +17,8 @@
 # The model always sees the original image, three quarters of its patches hidden. What
 # changes is the image it must reconstruct: the original, or its component image of low
 # (or high) variance. This chapter trains one run (or loads it, if this configuration
-# finished before), shows its loss curve and what it reconstructs.
+# finished before), shows its loss curve and what it reconstructs, and sets it beside a run
+# of the same recipe that reconstructs the pixels.
 
 # %% tags=["parameters", "hide-cell"]
 dataset = "synthetic"     # synthetic | cifar10 | cifar100 | stl10
@@ -31,13 +32,14 @@ augment = "none"          # none | flip | crop-flip
 device = "auto"           # auto | cpu | cuda
 seed = 0
 retrain = False           # True: delete the run folder and train again
+compare = "pixels"        # a second run of the same recipe on this target, to compare with ("" for none)
 
 # %% tags=["remove-cell"]
 import pandas as pd
 from IPython.display import Markdown, display
 
 from lowvar_mae.plots import dataset_note, glue, plot_curves, reconstruction_grid
-from lowvar_mae.pretrain import make_config, pretrain
+from lowvar_mae.pretrain import make_config, masked_relative_error, pretrain
 
 spec = f"{target}:{share:g}" if target.startswith("pca-") and ":" not in target else target
 
@@ -91,23 +93,49 @@ fig.suptitle(f"epoch {first}", y=1.02);
 fig = reconstruction_grid(recons[last], stretch_target=spec.startswith("pca-bottom"))
 fig.suptitle(f"epoch {last}", y=1.02);
 
+# %% [markdown]
+# ## Against a pixel target
+#
+# The same recipe, data, seed and mask, trained to reconstruct the original pixels: its
+# reconstructions at the last epoch, and the error of both runs on the masked patches.
+
+# %%
+if compare:
+    ref_config = make_config(recipe, dataset, compare, epochs=epochs, n_train=n_train, batch_size=batch_size,
+                             augment=augment, seed=seed)
+    ref = pretrain(ref_config, device=device, progress=False)
+    ref_recons = ref.reconstructions()
+    fig = reconstruction_grid(ref_recons[max(ref_recons)], stretch_target=compare.startswith("pca-bottom"))
+    fig.suptitle(f"{compare}, epoch {max(ref_recons)}", y=1.02);
+
 # %% tags=["remove-input"]
-def relative_error(rec) -> float:
-    """Squared error on the masked patches over the target's variance there (1: the mean image)."""
-    m = rec["mask"].expand_as(rec["target"]).bool()
-    err = (rec["prediction"] - rec["target"])[m].square().mean()
-    var = (rec["target"] - rec["target"].mean(0, keepdim=True))[m].square().mean()
-    return float(err / var)
+errors = {spec: {e: masked_relative_error(r) for e, r in recons.items()}}
+if compare:
+    errors[compare] = {e: masked_relative_error(r) for e, r in ref_recons.items()}
+first_last = {name: (e[min(e)], e[max(e)]) for name, e in errors.items()}
 
 
-r_first, r_last = relative_error(recons[first]), relative_error(recons[last])
-display(Markdown(
-    f"On the masked patches of these test images the squared error is **{r_first:.2f}** of the target's variance "
-    f"at epoch {first} and **{r_last:.2f}** at epoch {last} (1.0 is what predicting the mean image scores). "
-    + ("The model has learned to fill in part of the target." if r_last < 0.8 else
-       f"The model still does {'no better than' if r_last >= 1 else 'little better than'} the mean image there: "
-       "this short teaching run shows the machinery, not a trained model; the evaluation chapter's runs on "
-       "CIFAR-10 train for longer.")))
+def _reading(r_last):
+    if r_last < 0.8:
+        return "it fills in a good part of the target"
+    if r_last < 0.95:
+        return "it fills in little of the target"
+    return "it does no better than the mean image there"
+
+
+sentences = [f"**{name}**: {a:.2f} at epoch {min(errors[name])}, {b:.2f} at epoch {max(errors[name])}: "
+             f"{_reading(b)}." for name, (a, b) in first_last.items()]
+text = ("Squared error on the masked patches of these test images over the target's variance there (1.0 is what "
+        "predicting the mean image scores):\n\n" + "\n".join(f"* {x}" for x in sentences))
+if compare and first_last[spec][1] >= 0.95 and first_last[compare][1] < 0.8:
+    text += (
+        f"\n\nThe pixel target is mostly smooth colour fields, easy to infer from the visible patches; the "
+        f"{spec} target is the fine detail, on the embedded data a faint grating whose phase differs from image to "
+        "image, and this short run does not infer it at all: its prediction in the masked patches is the mean "
+        "image, and its loss fell only by learning that. Low-variance detail is learned last, if at all, by a "
+        "short schedule; the learning-order chapter measures the same on CIFAR-10. A target the decoder cannot "
+        "fit is not yet a worse encoder: what the encoder learned is measured in the evaluation chapter.")
+display(Markdown(text))
 
 # %% [markdown]
 # ## The run folder

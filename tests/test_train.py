@@ -346,3 +346,23 @@ def test_fused_adamw_on_cpu_takes_the_steps_of_the_reference_implementation():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     moved = [float((a - b).abs().max().detach()) for a, b in zip(model.parameters(), start.parameters())]
     assert min(moved) > 1e-4  # every parameter took steps (lr 1e-2)
+
+
+def test_masked_relative_error_scores_exact_zero_and_the_mean_image_one():
+    """Checked on hand-built batches: exact prediction 0; the population mean (zero here)
+    about 1 even for a batch of 8 (the plain batch variance would give 8/7); the visible
+    patches are ignored."""
+    from lowvar_mae.pretrain import masked_relative_error
+
+    gen = torch.Generator().manual_seed(0)
+    mask = (torch.rand(8, 1, 32, 32, generator=gen) < 0.75).float()
+    scores = []
+    for _ in range(200):
+        target = torch.randn(8, 3, 32, 32, generator=gen)
+        rec = {"target": target, "mask": mask,
+               "prediction": torch.where(mask.bool(), torch.zeros(()), torch.full((), 99.0))}
+        scores.append(masked_relative_error(rec))
+    assert abs(sum(scores) / len(scores) - 1.0) < 0.01
+    assert masked_relative_error({"target": target, "mask": mask, "prediction": target + 99 * (1 - mask)}) == 0
+    with pytest.raises(ValueError, match="at least 2 images"):
+        masked_relative_error({"target": target[:1], "mask": mask[:1], "prediction": target[:1]})
