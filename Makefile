@@ -22,9 +22,10 @@ install: $(STAMP)
 ## Main job: execute every notebook on the embedded data, then build the book.
 book: notebooks html
 
-# Records of the book's own runs (embedded data) stay in _build/results, never in results/.
+# The book's own runs (embedded data) and their records stay in _build/, never in the
+# shared runs folder or in results/: every build trains them with the code it documents.
 notebooks: $(STAMP)
-	LOWVAR_MAE_RESULTS=$(CURDIR)/_build/results $(PY) -m lowvar_mae notebooks
+	LOWVAR_MAE_RUNS=$(CURDIR)/_build/runs LOWVAR_MAE_RESULTS=$(CURDIR)/_build/results $(PY) -m lowvar_mae notebooks
 
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet

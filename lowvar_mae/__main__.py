@@ -82,7 +82,10 @@ def cmd_grid(args) -> int:
     from . import grid
 
     probes = args.probes or grid.DEFAULT_PROBES.get(args.recipe, list(grid.METRICS))
-    cells = grid.plan(args.datasets, args.targets or grid.DEFAULT_TARGETS, args.seeds, probes, args.recipe)
+    cells = []
+    for epochs in args.epochs or [None]:  # a study over lengths: every cell of each length
+        cells += grid.plan(args.datasets, args.targets or grid.DEFAULT_TARGETS, args.seeds, probes, args.recipe,
+                           pretrain_overrides=grid.length_overrides(args.recipe, epochs))
     if args.missing:
         print(grid.describe_missing(cells))
         return 0
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--device", default="auto")
-    p.add_argument("--runs", default=None, help="runs folder (default: $LOWVAR_MAE_RUNS or <checkout>/runs)")
+    p.add_argument("--runs", default=None, help="runs folder (default: $LOWVAR_MAE_RUNS or ~/.cache/lowvar-mae/runs)")
     p.add_argument("--force", action="store_true", help="delete the run folder and train again")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pretrain)
@@ -231,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", nargs="+", default=None,
                    help="finetune | linprobe | knn (default: linprobe knn for the cpu recipe, all three otherwise)")
     p.add_argument("--recipe", default="cpu", help="pretraining and evaluation recipe: cpu | gpu | quick | paper")
+    p.add_argument("--epochs", nargs="+", type=int, default=None,
+                   help="pretraining lengths (the schedule study; default: the recipe's own). Only the length "
+                   "changes: warm-up is scaled with it, the calibration probe runs less often above 4x the recipe's")
     p.add_argument("--missing", action="store_true", help="list the cells without a record and their estimated time")
     p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

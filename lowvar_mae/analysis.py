@@ -839,10 +839,10 @@ def _json_floats(values: Tensor) -> list[float | None]:
 
 def learning_order_hook(batch01: Tensor, basis: pca.PCABasis, target_fn: Callable[[Tensor], Tensor],
                         bands: Sequence[float] = DECILES, every: int = 1, seed: int = 0, *,
-                        masked_only: bool = True) -> Callable[[nn.Module, int], dict]:
+                        masked_only: bool = True, last: int | None = None) -> Callable[[nn.Module, int], dict]:
     """A ``hook(model, epoch) -> dict`` for ``pretrain(..., epoch_hooks=[hook])``.
 
-    At epoch 1 and every ``every`` epochs it reconstructs ``batch01`` (N, C, H, W) in
+    At epoch 1, every ``every`` epochs and at epoch ``last`` (if given) it reconstructs ``batch01`` (N, C, H, W) in
     [0, 1] (held-out images) with a fixed mask drawn from ``seed``
     (``pretrain.reconstruct``) and returns {"band_rel_error": [B floats, null for an
     empty band], "band_edges": [B + 1 shares]}. target_fn: images in [0, 1] -> the
@@ -859,7 +859,7 @@ def learning_order_hook(batch01: Tensor, basis: pca.PCABasis, target_fn: Callabl
     on_device: dict[torch.device, tuple[Tensor, pca.PCABasis]] = {}
 
     def hook(model: nn.Module, epoch: int) -> dict:
-        if epoch != 1 and epoch % every:
+        if epoch != 1 and epoch % every and epoch != last:
             return {}
         model = unwrap(model)
         device = next(model.parameters()).device
@@ -902,6 +902,27 @@ def read_band_metrics(run_dir: str | os.PathLike):
 def has_band_metrics(metrics: Sequence[dict]) -> bool:
     """True when there are metrics lines and every one carries band errors."""
     return bool(metrics) and all("band_rel_error" in m for m in metrics)
+
+
+def band_hook(config, *, n_eval: int = 256, every: int = 1, bands: Sequence[float] = DECILES,
+              device: str | None = "auto", root: str | os.PathLike | None = None) -> Callable[[nn.Module, int], dict]:
+    """:func:`learning_order_hook` for pretraining run ``config``: band errors of the first
+    ``n_eval`` test images at epoch 1, every ``every`` epochs and at the last epoch, in the
+    bands of the dataset's PCA (the basis a pca-* target is filtered with), the mask drawn
+    from the config's seed. The hook draws no random number of the training."""
+    from .data import load_dataset
+    from .models import get_config
+    from .targets import dataset_basis, make_target
+    from .train import resolve_device
+
+    if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 2:
+        raise ValueError(f"n_eval must be an integer >= 2 (band variances need two images), got {n_eval!r}")
+    dev = resolve_device(device)
+    basis = dataset_basis(config.dataset, root=root, device=dev)
+    batch01 = load_dataset(config.dataset, "test").to_tensor(dev)[:n_eval].float() / 255
+    target_fn = make_target(config.target, basis=basis, patch_size=get_config(config.model).patch_size,
+                            image_shape=tuple(batch01.shape[1:]), device=dev, method=config.pca_method)
+    return learning_order_hook(batch01, basis, target_fn, bands, every=every, seed=config.seed, last=config.epochs)
 
 
 def learning_order_run(config, *, n_eval: int = 64, bands: Sequence[float] = DECILES, every: int = 1,
@@ -961,11 +982,14 @@ LEARNING_ORDER_KIND = "learning_order"
 def learning_order_fields(run, note: str = "") -> dict:
     """What a learning-order record holds: the run's name and config, and per epoch its
     training loss, seconds and band errors (the lines of metrics.jsonl that have them)."""
-    lines = [{k: m[k] for k in ("epoch", "loss", "seconds", "band_rel_error", "band_edges") if k in m}
+    from .pretrain import probe_curve
+
+    lines = [{k: m[k] for k in ("epoch", "loss", "seconds", "band_rel_error", "band_edges", "probe_val") if k in m}
              for m in run.metrics if "band_rel_error" in m]
     cfg = run.config
     return {"dataset": cfg.dataset, "target": cfg.target, "recipe": cfg.recipe, "seed": cfg.seed,
-            "run_name": run.run_dir.name, "config": asdict(cfg), "epochs": lines, "note": note,
+            "pretrain_epochs": cfg.epochs, "run_name": run.run_dir.name, "config": asdict(cfg), "epochs": lines,
+            "note": note, "probe_curve": probe_curve(run.run_dir),
             "pretrain_seconds": sum(float(m.get("seconds", 0.0)) for m in run.metrics)}
 
 

@@ -11,7 +11,15 @@ encoder pretrained on ``target`` with ``seed`` (or of the random encoder, target
 * pretrains each (dataset, target, seed) once and writes each record as its cell finishes;
 * refuses to write records from a checkout with uncommitted changes (the record's git
   revision would not say what code made it) unless told otherwise;
-* stops cleanly between cells when the file ``<runs>/grid.stop`` exists.
+* stops cleanly between cells when the file ``<runs>/grid.stop`` exists;
+* records the learning order of every encoder it pretrains (band errors of held-out
+  reconstructions at epoch 1, at every probe epoch and at the end, beside the calibration
+  probe), as a ``learning_order`` record next to the evaluation records.
+
+The schedule study asks for the same recipe at other lengths: ``length_overrides(recipe,
+epochs)`` changes only the number of epochs, scales the warm-up with it and probes less
+often on long runs; ``plan(..., pretrain_overrides=length_overrides("cpu", 24))`` are the
+cells of the 24-epoch study (``python -m lowvar_mae grid --epochs 24``).
 
 Two cores run one torch job well and two badly (a second job on the same two cores
 slowed pretraining about tenfold when measured): run the grid on an otherwise idle machine.
@@ -25,10 +33,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import evaluate as ev
+from .analysis import LEARNING_ORDER_KIND, band_hook, learning_order_fields
 from .data import DATASETS
 from .evaluate import METRICS, NO_TARGET, RECIPES as EVAL_RECIPES, evaluate, has_record, make_eval_config
 from .pretrain import RECIPES as PRETRAIN_RECIPES, make_config, pretrain
 from .provenance import device_info, require_clean, runs_dir
+from .results import load_records, write_record
 from .targets import parse_target
 
 STOP_FILE = "grid.stop"
@@ -42,6 +52,31 @@ DEFAULT_TARGETS = ["pixels", "pca-bottom:0.25", "pca-top:0.75", "none", "norm-pi
 OTHER_TARGETS = ["fft-high:0.14", "fft-low:0.177", "pc-mask"]
 # Probes run when none are named: the CPU and GPU protocols probe; fine-tuning is asked for by name.
 DEFAULT_PROBES = {"cpu": ["linprobe", "knn"], "gpu": ["linprobe", "knn"]}
+
+
+# Held-out test images whose reconstructions the learning order is measured on.
+BAND_IMAGES = 256
+
+
+def length_overrides(recipe: str, epochs: int | None) -> dict:
+    """Pretraining fields of ``recipe`` run for ``epochs`` epochs instead of its own: the
+    warm-up keeps its share of the schedule (cpu: 1 epoch per 6) and the calibration probe
+    runs every ``probe_every`` epochs up to four times the recipe's length, half as often
+    beyond (cpu: every 2 epochs up to 24, every 4 above). The recipe's own length (or
+    None) gives no override, so its cells keep their names and records."""
+    if recipe not in PRETRAIN_RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(PRETRAIN_RECIPES)}")
+    base = PRETRAIN_RECIPES[recipe]
+    if epochs is None or epochs == base["epochs"]:
+        return {}
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    warmup = base["warmup_epochs"] * epochs / base["epochs"]
+    out = {"epochs": epochs, "warmup_epochs": int(warmup) if warmup == int(warmup) else warmup}
+    every = base.get("probe_every", 0)
+    if every:
+        out["probe_every"] = every if epochs <= 4 * base["epochs"] else 2 * every
+    return out
 
 
 @dataclass(frozen=True)
@@ -137,6 +172,7 @@ def estimate_seconds(cells: Iterable[Cell], records) -> dict[Cell, tuple[float |
     out: dict[Cell, tuple[float | None, str]] = {}
     pretrained: set[tuple] = set()
     for cell in cells:
+        epochs = make_config(cell.recipe, cell.dataset, **dict(cell.pretrain_overrides)).epochs
         if records is None or not len(records):
             out[cell] = (None, "no records yet")
             continue
@@ -151,12 +187,14 @@ def estimate_seconds(cells: Iterable[Cell], records) -> dict[Cell, tuple[float |
         if source == "other machines":
             source = ", ".join(sorted(set(use["device_name"].dropna())))
         seconds = float(use["wall_seconds"].median())
-        key = (cell.dataset, cell.target, cell.seed)
+        key = (cell.dataset, cell.target, cell.seed, epochs)
         if cell.target != NO_TARGET and key not in pretrained:
             pretrained.add(key)
-            pre = use[use["target"] != NO_TARGET].get("pretrain_seconds")
-            if pre is not None and pre.notna().any():
-                seconds += float(pre.dropna().median())
+            pre = use[use["target"] != NO_TARGET]
+            if "pretrain_seconds" in pre and "pretrain_epochs" in pre:
+                per_epoch = (pre["pretrain_seconds"] / pre["pretrain_epochs"]).dropna()
+                if len(per_epoch):  # pretraining time grows with the epochs asked for
+                    seconds += float(per_epoch.median()) * epochs
         out[cell] = (seconds, source)
     return out
 
@@ -198,7 +236,13 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
         start = time.perf_counter()
         source = pretrain_config(cell)
         if source is not None:
-            pretrain(source, root=root, device=device, progress=progress)
+            hooks = [] if parse_target(source.target).masks_components else \
+                [band_hook(source, n_eval=BAND_IMAGES, every=max(1, source.probe_every), device=device, root=root)]
+            run = pretrain(source, root=root, device=device, progress=progress, epoch_hooks=hooks)
+            if hooks:
+                path = record_learning_order(run, results_root, device=device, log=log)
+                if path is not None:
+                    written.append(path)
         result = evaluate(eval_config(cell), root=root, results_root=results_root, device=device, progress=progress)
         if result.record is not None:
             written.append(result.record)
@@ -207,5 +251,22 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
     return written
 
 
+def record_learning_order(run, results_root=None, *, device: str = "auto", log=print) -> Path | None:
+    """Write the learning-order record of a finished pretraining run, unless one of its run
+    name exists or the run has no band errors for every epoch it measured (a run trained
+    before the grid recorded them); returns the record written, if any."""
+    done = load_records(LEARNING_ORDER_KIND, results_root)
+    if len(done) and (done["run_name"] == run.run_dir.name).any():
+        return None
+    banded = [m for m in run.metrics if "band_rel_error" in m]
+    if not banded or banded[-1]["epoch"] != len(run.metrics):
+        log(f"grid: {run.run_dir.name} has no band errors at its last epoch (trained without them); "
+            "no learning-order record")
+        return None
+    note = f"grid run: band errors of {BAND_IMAGES} test images at epoch 1, every probe epoch and the last"
+    where = str(next(run.model.parameters()).device)
+    return write_record(LEARNING_ORDER_KIND, learning_order_fields(run, note), device=where, root=results_root)
+
+
 __all__ = ["DEFAULT_TARGETS", "OTHER_TARGETS", "DEFAULT_PROBES", "Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
-           "run_grid", "STOP_FILE"]
+           "run_grid", "STOP_FILE", "BAND_IMAGES", "length_overrides", "record_learning_order"]

@@ -31,8 +31,15 @@ def _default_dir(env: str, name: str, explicit: str | os.PathLike | None) -> Pat
     return root / name
 
 
+# Run folders live outside the checkout by default, so that a long run survives a fresh
+# clone of the repository and is resumed by the same command in the next session.
+DEFAULT_RUNS = Path("~/.cache/lowvar-mae/runs")
+
+
 def runs_dir(path: str | os.PathLike | None = None) -> Path:
-    """Run folders (checkpoints, metrics): argument > $LOWVAR_MAE_RUNS > <checkout>/runs."""
+    """Run folders (checkpoints, metrics): argument > $LOWVAR_MAE_RUNS > ~/.cache/lowvar-mae/runs."""
+    if path is None and not os.environ.get("LOWVAR_MAE_RUNS"):
+        return DEFAULT_RUNS.expanduser()
     return _default_dir("LOWVAR_MAE_RUNS", "runs", path)
 
 
