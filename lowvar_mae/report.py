@@ -69,12 +69,20 @@ def claim_table(diffs, claims=CLAIMS):
     return pd.DataFrame(rows)
 
 
-def protocol_records(records, dataset: str, recipe: str):
+def protocol_records(records, dataset: str, recipe: str, epochs: int | str | None = "recipe"):
     """Eval records of ``dataset`` and evaluation ``recipe``; a run recorded twice counts once
-    (its latest record)."""
+    (its latest record). epochs: keep encoders pretrained for that many epochs (and the
+    random encoder): "recipe" (the recipe's own length; the schedule study's longer runs
+    are left to ``lowvar_mae.schedule``), a number, or None for every length."""
     if records is None or not len(records):
         return records
     df = records[(records["dataset"] == dataset) & (records["recipe"] == recipe)].copy()
+    if epochs == "recipe":
+        from .pretrain import RECIPES
+
+        epochs = RECIPES[recipe]["epochs"] if recipe in RECIPES else None
+    if epochs is not None and "pretrain_epochs" in df:
+        df = df[df["pretrain_epochs"].isna() | (df["pretrain_epochs"] == epochs)]
     if "time_utc" in df:
         df = df.sort_values("time_utc", kind="stable")
     return df.drop_duplicates(["run", "metric"], keep="last")

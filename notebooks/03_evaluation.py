@@ -390,7 +390,7 @@ else:
 every = load_records("eval")
 others = every[(every["dataset"] != "synthetic") & (every["recipe"] != recipe)] if len(every) else every
 if len(others):
-    t = report.summary_table(report.protocol_records(others, dataset, "quick")) if (others["recipe"] == "quick").any() else None
+    t = report.summary_table(report.protocol_records(others, dataset, "quick", epochs=None)) if (others["recipe"] == "quick").any() else None
     if t is not None and len(t):
         display(t[["label", "metric", "mean", "n", "model", "pretrain_epochs", "n_train", "n_test"]].rename(
             columns={"label": "target", "mean": "test accuracy", "n": "seeds"}).style.hide(axis="index").format(

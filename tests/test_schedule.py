@@ -1,0 +1,162 @@
+"""The schedule study: lengths of the grid, records read back by length, paired differences,
+the extrapolated crossing and the bands' crossing of the mean-image level."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lowvar_mae import grid, report, schedule
+from lowvar_mae.analysis import band_metrics
+
+
+def test_length_overrides_change_only_the_length():
+    assert grid.length_overrides("cpu", 6) == {} and grid.length_overrides("cpu", None) == {}
+    assert grid.length_overrides("cpu", 12) == {"epochs": 12, "warmup_epochs": 2, "probe_every": 2}
+    assert grid.length_overrides("cpu", 24) == {"epochs": 24, "warmup_epochs": 4, "probe_every": 2}
+    assert grid.length_overrides("cpu", 48) == {"epochs": 48, "warmup_epochs": 8, "probe_every": 4}
+    assert grid.length_overrides("cpu", 9) == {"epochs": 9, "warmup_epochs": 1.5, "probe_every": 2}
+    with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
+        grid.length_overrides("cpu", 0)
+    with pytest.raises(ValueError, match="unknown recipe 'slow'"):
+        grid.length_overrides("slow", 12)
+
+
+def test_a_length_is_its_own_run_and_the_recipe_length_keeps_its_name():
+    plain = grid.plan(["cifar10"], ["pixels"], [0], ["linprobe"], "cpu")[0]
+    same = grid.plan(["cifar10"], ["pixels"], [0], ["linprobe"], "cpu",
+                     pretrain_overrides=grid.length_overrides("cpu", 6))[0]
+    longer = grid.plan(["cifar10"], ["pixels"], [0], ["linprobe"], "cpu",
+                       pretrain_overrides=grid.length_overrides("cpu", 24))[0]
+    assert grid.eval_config(plain).run_name == grid.eval_config(same).run_name
+    long_cfg = grid.pretrain_config(longer)
+    base_cfg = grid.pretrain_config(plain)
+    assert (long_cfg.epochs, long_cfg.warmup_epochs) == (24, 4)
+    assert "-e24-" in long_cfg.run_name and long_cfg.run_name != base_cfg.run_name
+    # nothing else of the recipe changes
+    differ = {k for k, v in long_cfg.to_dict().items() if base_cfg.to_dict()[k] != v}
+    assert differ == {"epochs", "warmup_epochs"}
+    assert grid.eval_config(longer).run_name != grid.eval_config(plain).run_name
+
+
+def test_estimates_grow_with_the_pretraining_length():
+    from lowvar_mae.provenance import device_info
+
+    here = device_info()["device_name"]
+    base = dict(dataset="cifar10", recipe="cpu", metric="knn", model="cpu-cifar", target="pixels", device_name=here)
+    records = pd.DataFrame([{**base, "wall_seconds": 60.0, "pretrain_seconds": 600.0, "pretrain_epochs": 6},
+                            {**base, "wall_seconds": 60.0, "pretrain_seconds": 1300.0, "pretrain_epochs": 12}])
+    cell = grid.plan(["cifar10"], ["pixels"], [5], ["knn"], "cpu",
+                     pretrain_overrides=grid.length_overrides("cpu", 24))[0]
+    seconds, _ = grid.estimate_seconds([cell], records)[cell]
+    assert seconds == pytest.approx(60.0 + np.median([100.0, 1300.0 / 12]) * 24)
+
+
+def _record(target, metric, seed, epochs, value, **extra):
+    return {"dataset": "cifar10", "recipe": "cpu", "target": target, "metric": metric, "seed": seed,
+            "pretrain_epochs": epochs, "value": value, "run": f"{metric}-{target}-e{epochs}-s{seed}",
+            "time_utc": "2026-12-01T00:00:00+00:00", **extra}
+
+
+def _study_frame():
+    rng = np.random.default_rng(0)
+    rows = []
+    for epochs, seeds in ((6, (0, 1, 2)), (12, (0,)), (24, (0, 1, 2))):
+        for seed in seeds:
+            for metric in ("linprobe", "knn"):
+                pix = 0.5 + 0.01 * math.log(epochs) + rng.normal(0, 0.01)
+                rows.append(_record("pixels", metric, seed, epochs, pix))
+                rows.append(_record("pca-bottom:0.25", metric, seed, epochs, pix - 0.06 + 0.015 * math.log2(epochs / 6)
+                                    + rng.normal(0, 0.01)))
+    rows.append(_record("none", "linprobe", 0, None, 0.45))
+    rows.append(_record("pca-top:0.75", "linprobe", 0, 6, 0.4))
+    return pd.DataFrame(rows)
+
+
+def test_protocol_records_keep_the_recipe_length_only():
+    frame = _study_frame()
+    kept = report.protocol_records(frame, "cifar10", "cpu")
+    assert set(kept["pretrain_epochs"].dropna()) == {6} and (kept["target"] == "none").any()
+    assert len(report.protocol_records(frame, "cifar10", "cpu", epochs=None)) == len(frame)
+    assert set(report.protocol_records(frame, "cifar10", "cpu", epochs=24)["pretrain_epochs"].dropna()) == {24}
+
+
+def test_accuracy_and_differences_by_length_match_numpy_and_scipy():
+    records = schedule.study_records(_study_frame(), "cifar10", "cpu")
+    assert set(records["target"]) == set(schedule.STUDY_TARGETS)
+    table = schedule.accuracy_by_length(records)
+    for _, row in table.iterrows():
+        sub = records[(records["target"] == row["target"]) & (records["metric"] == row["metric"])
+                      & (records["pretrain_epochs"] == row["epochs"])]
+        assert row["mean"] == pytest.approx(sub["value"].mean())
+        assert row["n"] == len(sub)
+        if len(sub) > 1:
+            assert row["std"] == pytest.approx(np.std(sub["value"], ddof=1))
+        else:
+            assert math.isnan(row["std"])
+    diffs = schedule.differences_by_length(records)
+    assert sorted(set(diffs["epochs"])) == [6, 12, 24]
+    for _, row in diffs.iterrows():
+        sub = records[(records["metric"] == row["metric"]) & (records["pretrain_epochs"] == row["epochs"])]
+        a = sub[sub["target"] == "pca-bottom:0.25"].sort_values("seed")["value"].to_numpy()
+        b = sub[sub["target"] == "pixels"].sort_values("seed")["value"].to_numpy()
+        assert row["mean"] == pytest.approx((a - b).mean())
+        if len(a) > 1:
+            ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+            assert (row["low"], row["high"]) == pytest.approx((ci.low, ci.high))
+        else:
+            assert math.isnan(row["low"]) and row["verdict"].startswith("one seed")
+
+
+def test_crossing_is_where_the_log_trend_reaches_zero():
+    # -4 points at 6 epochs, -2 at 24: +1 point per doubling, zero at 96 epochs
+    assert schedule.crossing([6, 24], [-0.04, -0.02]) == pytest.approx(96.0)
+    assert schedule.crossing([6, 12, 24], [-0.04, -0.03, -0.02]) == pytest.approx(96.0)
+    assert schedule.crossing([6, 24], [-0.02, -0.04]) is None   # the gap widens
+    assert schedule.crossing([6, 24], [-0.02, 0.01]) is None    # already crossed
+    assert schedule.crossing([24], [-0.02]) is None             # one length: no trend
+    assert schedule.crossing([6, 24], [-0.02, float("nan")]) is None
+
+
+def test_band_crossings_name_the_first_epoch_below_the_level():
+    lines = [{"epoch": e, "band_edges": [0, 0.5, 0.9, 1.0], "band_rel_error": errs}
+             for e, errs in ((1, [0.5, 0.95, 1.2]), (2, [0.3, 0.8, 1.0]), (4, [0.2, 0.7, 0.9]))]
+    lines.append({"epoch": 6, "band_edges": [0, 0.5, 0.9, 1.0], "band_rel_error": [0.1, None, 0.8]})
+    out = schedule.band_crossings(band_metrics(lines), level=0.75)
+    assert list(out["band_label"]) == ["0-50%", "50-90%", "90-100%"]
+    assert list(out["below_from"]) == [1, 4, None]
+    assert list(out["last_epoch"]) == [6, 4, 6]  # the null of epoch 6 is skipped
+    assert out["first"].tolist() == [0.5, 0.95, 1.2] and out["last"].tolist() == [0.1, 0.7, 0.8]
+
+
+def test_plot_study_draws_every_probe_and_the_difference():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    records = schedule.study_records(_study_frame(), "cifar10", "cpu")
+    fig = schedule.plot_study(schedule.accuracy_by_length(records), schedule.differences_by_length(records),
+                              lines={"linprobe": {"random encoder": 0.45}}, title="test")
+    assert len(fig.axes) == 3
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["6", "12", "24"]
+    assert fig.axes[0].get_xscale() == "log"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_grid_records_the_learning_order_of_every_encoder_it_pretrains(dirs):
+    from lowvar_mae.results import load_records
+
+    _, results = dirs
+    tiny = dict(model="small-cifar", n_train=96, warmup_epochs=0.5, batch_size=32, epochs=2, probe_every=2)
+    cells = grid.plan(["synthetic"], ["pixels"], [0], ["knn"], "cpu", pretrain_overrides=tiny,
+                      eval_overrides=dict(n_test=40))
+    written = grid.run_grid(cells, allow_dirty=True, log=lambda *_: None)
+    assert sorted(p.parent.name for p in written) == ["eval", "learning_order"]
+    order = load_records("learning_order", results).iloc[0]
+    assert order["run_name"] == grid.pretrain_config(cells[0]).run_name and order["pretrain_epochs"] == 2
+    assert [line["epoch"] for line in order["epochs"]] == [1, 2]
+    assert all(len(line["band_rel_error"]) == 10 for line in order["epochs"])
+    assert [p["epoch"] for p in order["probe_curve"]] == [0, 2]
+    assert "probe_val" in order["epochs"][-1]
+    assert grid.run_grid(cells, allow_dirty=True, log=lambda *_: None) == []  # nothing twice
