@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from .reference import target_label
-from .report import PROBE_LABELS, paired_differences
+from .report import PROBE_LABELS, _order, paired_differences
 
 STUDY_TARGETS = ("pixels", "pca-bottom:0.25")
 # A masked reconstruction that predicts the mean image scores about the mask ratio in each
@@ -117,6 +117,49 @@ def band_crossings(band_frame, level: float = MEAN_IMAGE_LEVEL):
     return frame
 
 
+def run_epochs(record) -> int:
+    """The pretraining length of a learning-order record (older records name it only in their config)."""
+    epochs = record.get("pretrain_epochs")
+    if epochs is None or (isinstance(epochs, float) and math.isnan(epochs)):
+        epochs = record["config"]["epochs"]
+    return int(epochs)
+
+
+def longest_runs(order_records, dataset: str, recipe: str, seed: int = 0, targets=STUDY_TARGETS):
+    """The learning-order records of the longest length that every one of ``targets`` has
+    for ``seed``: (epochs, {target: record}), or (None, {}) when they share no length."""
+    if order_records is None or not len(order_records):
+        return None, {}
+    df = order_records[(order_records["dataset"] == dataset) & (order_records["recipe"] == recipe)
+                       & (order_records["seed"] == seed) & order_records["target"].isin(list(targets))].copy()
+    if not len(df):
+        return None, {}
+    df["_epochs"] = [run_epochs(r) for _, r in df.iterrows()]
+    if "time_utc" in df:
+        df = df.sort_values("time_utc", kind="stable")
+    shared = set.intersection(*[set(df.loc[df["target"] == t, "_epochs"]) for t in targets])
+    if not shared:
+        return None, {}
+    epochs = max(shared)
+    rows = df[df["_epochs"] == epochs].drop_duplicates("target", keep="last")
+    return epochs, {t: rows[rows["target"] == t].iloc[0].drop("_epochs") for t in targets}
+
+
+def probe_gap(records: dict, target: str = "pca-bottom:0.25", baseline: str = "pixels"):
+    """Validation probe (best pooling) of two learning-order records by epoch, and their
+    difference: a frame of epoch, ``baseline``, ``target`` and gap (target minus baseline),
+    on the epochs both probed."""
+    import pandas as pd
+
+    def best(record):
+        return {int(p["epoch"]): max(p["probe_val"].values()) for p in record["probe_curve"]}
+
+    a, b = best(records[target]), best(records[baseline])
+    epochs = sorted(set(a) & set(b))
+    return pd.DataFrame({"epoch": epochs, baseline: [b[e] for e in epochs], target: [a[e] for e in epochs],
+                         "gap": [a[e] - b[e] for e in epochs]})
+
+
 def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str = ""):
     """Test accuracy against pretraining epochs (log axis) for each probe, one line per
     target, error bars one std over seeds where there are several; ``lines``: label ->
@@ -130,7 +173,7 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
     ticks = sorted(set(table["epochs"])) if len(table) else []
     for ax, metric in zip(axes, metrics):
         sub = table[table["metric"] == metric]
-        for i, target in enumerate(dict.fromkeys(sub["target"])):
+        for i, target in enumerate(_order(sub["target"])):
             rows = sub[sub["target"] == target].sort_values("epochs")
             ax.errorbar(rows["epochs"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3,
                         color=f"C{i}", label=target_label(target))
@@ -165,4 +208,4 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
 
 
 __all__ = ["STUDY_TARGETS", "MEAN_IMAGE_LEVEL", "study_records", "accuracy_by_length", "differences_by_length",
-           "crossing", "band_crossings", "plot_study"]
+           "crossing", "band_crossings", "run_epochs", "longest_runs", "probe_gap", "plot_study"]

@@ -27,6 +27,7 @@
 
 # %% tags=["parameters", "hide-cell"]
 real_dataset = "cifar10"               # whose committed learning-order records the first section shows
+real_recipe = "cpu"                    # the protocol of those records
 dataset = "synthetic"                  # the teaching run: synthetic | cifar10 | cifar100 | stl10
 targets = ["pixels", "pca-bottom:0.25"]  # reconstruction targets, one pretraining run each
 recipe = "quick"                       # quick (CPU minutes) | paper (the presentation's 400 epochs)
@@ -44,12 +45,12 @@ seed = 0
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lowvar_mae import pca
-from lowvar_mae.analysis import (LEARNING_ORDER_KIND, learning_order_records, learning_order_run, plot_learning_order,
-                                 read_band_metrics)
+from lowvar_mae import pca, schedule
+from lowvar_mae.analysis import (LEARNING_ORDER_KIND, band_metrics, learning_order_records, learning_order_run,
+                                 plot_learning_order, read_band_metrics)
 from lowvar_mae.data import load_dataset
 from lowvar_mae.plots import dataset_note, glue
-from lowvar_mae.pretrain import make_config
+from lowvar_mae.pretrain import RECIPES as PRETRAIN_RECIPES, make_config
 from lowvar_mae.results import load_records
 
 # %% [markdown]
@@ -60,9 +61,12 @@ from lowvar_mae.results import load_records
 # test images after every epoch.
 
 # %% tags=["remove-cell"]
-lo_records = load_records(LEARNING_ORDER_KIND)
-if len(lo_records):
-    lo_records = lo_records[lo_records["dataset"] == real_dataset]
+all_lo_records = load_records(LEARNING_ORDER_KIND)
+lo_records = all_lo_records
+if len(lo_records):  # the protocol's own length here; longer runs have their own section
+    lo_records = lo_records[(lo_records["dataset"] == real_dataset) & (lo_records["recipe"] == real_recipe)]
+    lo_records = lo_records[[schedule.run_epochs(r) == PRETRAIN_RECIPES[real_recipe]["epochs"]
+                             for _, r in lo_records.iterrows()]]
 real_frames = learning_order_records(lo_records)
 
 
@@ -141,6 +145,72 @@ if "pixels" in real_frames and bottom_name:
 # %% tags=["remove-input"]
 if said:
     display(Markdown("\n\n".join(said)))
+
+# %% [markdown]
+# ## As pretraining grows longer
+#
+# The schedule study of the evaluation chapter pretrains the same two targets for longer
+# (only the length changes) and measures the bands of every run at epoch 1, at every probe
+# epoch and at the end, beside the validation probe. For the longest length both targets
+# have (seed 0): does the bottom target's finest detail ever fall below the mean-image
+# level, and does the probe gap between the targets move when it does?
+
+# %% tags=["remove-cell"]
+long_epochs, long_runs = schedule.longest_runs(all_lo_records, real_dataset, real_recipe)
+long_frames = {f"{t} ({long_epochs} epochs)": band_metrics(r["epochs"]) for t, r in long_runs.items()}
+have_long = long_epochs is not None and long_epochs > PRETRAIN_RECIPES[real_recipe]["epochs"]
+
+# %% tags=["remove-input"]
+if have_long:
+    runs_ = list(long_runs.values())
+    fig = plot_learning_order(long_frames)
+    fig.suptitle(f"{real_dataset}, 50,000 training images, {runs_[0]['config']['model']}, {long_epochs} epochs, "
+                 f"seed 0; " + "; ".join(sorted({r['device_name'] for r in runs_})), fontsize=9, y=1.02)
+else:
+    display(Markdown("No longer runs of both targets are recorded yet: `python -m lowvar_mae grid --targets "
+                     "pixels pca-bottom:0.25 --seeds 0 --epochs 12 24 48` makes them."))
+
+# %% tags=["remove-input"]
+if have_long:
+    bottom_t = next(t for t in long_runs if t.startswith("pca-bottom"))
+    share_ = float(bottom_t.split(":")[1])
+    level = schedule.MEAN_IMAGE_LEVEL
+    crossed = {t: schedule.band_crossings(band_metrics(r["epochs"]), level) for t, r in long_runs.items()}
+    held_ = crossed[bottom_t][[lo >= 1 - share_ - 1e-9 for lo in
+                               [float(label.split("-")[0]) / 100 for label in crossed[bottom_t]["band_label"]]]]
+    gap_ = schedule.probe_gap(long_runs, target=bottom_t)
+    lines_ = []
+    for _, row in held_.iterrows():
+        pix_row = crossed["pixels"][crossed["pixels"]["band"] == row["band"]]
+        pix_txt = ""
+        if len(pix_row):
+            p = pix_row.iloc[0]
+            pix_txt = (f"; pixels: {p['first']:.3f} -> {p['last']:.3f}, "
+                       + (f"below from epoch {p['below_from']}" if p["below_from"] is not None else "never below"))
+        when = f"below {level} from epoch {row['below_from']}" if row["below_from"] is not None else f"never below {level}"
+        lines_.append(f"- band {row['band_label']}: {bottom_t} {row['first']:.3f} -> {row['last']:.3f} "
+                      f"(epoch {row['first_epoch']} to {row['last_epoch']}), {when}{pix_txt}.")
+    finest = held_.iloc[-1] if len(held_) else None
+    text = (f"Bands the {bottom_t} target holds, relative error on masked patches at the first and last "
+            f"measured epoch (predicting the mean image scores about {level}):\n\n" + "\n".join(lines_))
+    if len(gap_):
+        g0, g1 = gap_.iloc[0], gap_.iloc[-1]
+        text += (f"\n\nValidation probe gap ({bottom_t} minus pixels, best pooling): {g0['gap'] * 100:+.1f} points "
+                 f"at epoch {int(g0['epoch'])}, {g1['gap'] * 100:+.1f} at epoch {int(g1['epoch'])}.")
+        if finest is not None and finest["below_from"] is not None:
+            e = int(finest["below_from"])
+            before = gap_[gap_["epoch"] < e]
+            after = gap_[gap_["epoch"] >= e]
+            if len(before) and len(after):
+                text += (f" The finest band falls below the mean-image level at epoch {e}; the gap is "
+                         f"{before['gap'].iloc[-1] * 100:+.1f} points at the last probe before it and "
+                         f"{after['gap'].iloc[0] * 100:+.1f} at the first probe from then on, "
+                         f"{after['gap'].iloc[-1] * 100:+.1f} at the end.")
+        elif finest is not None:
+            text += (f" The finest band ({finest['band_label']}) never falls below the mean-image level in "
+                     f"{long_epochs} epochs, so this run cannot show whether learning it moves the gap.")
+    text += " One seed per target: the gaps across seeds, with intervals, are in the evaluation chapter."
+    display(Markdown(text))
 
 # %% [markdown]
 # ## A teaching run

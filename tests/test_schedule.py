@@ -160,3 +160,31 @@ def test_grid_records_the_learning_order_of_every_encoder_it_pretrains(dirs):
     assert [p["epoch"] for p in order["probe_curve"]] == [0, 2]
     assert "probe_val" in order["epochs"][-1]
     assert grid.run_grid(cells, allow_dirty=True, log=lambda *_: None) == []  # nothing twice
+
+
+def _order_record(target, epochs, seed=0, probes=(), time="2026-12-01T00:00:00+00:00", config_only=False):
+    rec = {"dataset": "cifar10", "recipe": "cpu", "target": target, "seed": seed, "time_utc": time,
+           "config": {"epochs": epochs}, "probe_curve": [{"epoch": e, "probe_val": v} for e, v in probes]}
+    if not config_only:
+        rec["pretrain_epochs"] = epochs
+    return rec
+
+
+def test_longest_runs_pick_the_longest_length_both_targets_have():
+    records = pd.DataFrame([_order_record("pixels", 6, config_only=True), _order_record("pca-bottom:0.25", 6),
+                            _order_record("pixels", 24), _order_record("pca-bottom:0.25", 24),
+                            _order_record("pixels", 48), _order_record("pixels", 24, seed=1)])
+    epochs, runs = schedule.longest_runs(records, "cifar10", "cpu")
+    assert epochs == 24 and set(runs) == set(schedule.STUDY_TARGETS)
+    assert all(r["seed"] == 0 for r in runs.values())
+    assert schedule.longest_runs(records[records["target"] == "pixels"], "cifar10", "cpu") == (None, {})
+    assert schedule.run_epochs(records.iloc[0]) == 6  # from the config of an older record
+
+
+def test_probe_gap_uses_the_best_pooling_on_shared_epochs():
+    runs = {"pixels": _order_record("pixels", 4, probes=[(0, {"cls": 0.3, "mean": 0.35}), (2, {"cls": 0.5, "mean": 0.4}),
+                                                         (4, {"cls": 0.55})]),
+            "pca-bottom:0.25": _order_record("pca-bottom:0.25", 4, probes=[(0, {"cls": 0.36}), (4, {"cls": 0.6, "mean": 0.5})])}
+    gap = schedule.probe_gap(runs)
+    assert gap["epoch"].tolist() == [0, 4]
+    assert gap["gap"].tolist() == pytest.approx([0.36 - 0.35, 0.6 - 0.55])
