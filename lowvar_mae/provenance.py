@@ -48,11 +48,20 @@ def results_dir(path: str | os.PathLike | None = None) -> Path:
     return _default_dir("LOWVAR_MAE_RESULTS", "results", path)
 
 
+# A copy of a clean checkout without its git folder (the tree sent to a GPU machine) names
+# the commit it was copied from in this variable; a real checkout ignores it.
+REVISION_ENV = "LOWVAR_MAE_GIT_REVISION"
+
+
 def git_revision() -> str:
-    """The checkout's commit, with '-dirty' if tracked files changed; 'unknown' outside git."""
+    """The checkout's commit, with '-dirty' if tracked files changed; for a copy without a
+    git folder, ``$LOWVAR_MAE_GIT_REVISION`` plus " (copy)"; else 'unknown'."""
     root = repo_root()
     if root is None:
         return "unknown"
+    if not (root / ".git").exists():
+        given = os.environ.get(REVISION_ENV, "").strip()
+        return f"{given} (copy)" if given else "unknown"
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -188,3 +188,70 @@ def test_probe_gap_uses_the_best_pooling_on_shared_epochs():
     gap = schedule.probe_gap(runs)
     assert gap["epoch"].tolist() == [0, 4]
     assert gap["gap"].tolist() == pytest.approx([0.36 - 0.35, 0.6 - 0.55])
+
+
+def _gpu_study():
+    import importlib.util
+
+    from lowvar_mae.provenance import repo_root
+
+    spec = importlib.util.spec_from_file_location("gpu_study", repo_root() / "bench" / "gpu_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_study_chooses_the_longest_length_that_fits():
+    gs = _gpu_study()
+    # 6 s an epoch, 600 s for two targets: 300 s each = 50 epochs' time, less 4 for the probes, / 1.15
+    assert gs.choose_epochs(6.0, 600.0) == int((50 - gs.EVAL_EPOCHS) / (1 + gs.HOOK_SHARE))
+    assert gs.choose_epochs(6.0, 10.0) == 0
+    assert gs.choose_epochs(0.01, 1e9) == 400
+    with pytest.raises(ValueError, match="seconds_per_epoch must be positive"):
+        gs.choose_epochs(0.0, 100.0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_gpu_study_script_runs_end_to_end_at_a_tiny_size(tmp_path, dirs, monkeypatch):
+    """pack (here) -> receive (each call) -> run: records of both targets and a throughput record, in one tar."""
+    import json
+    import tarfile
+
+    from lowvar_mae.data import ImageDataset, load_dataset, save_shards
+
+    for split, n in (("train", 120), ("test", 40)):
+        images = load_dataset("synthetic", split).subset(n)
+        save_shards(ImageDataset("cifar10", split, images.images, images.labels, tuple(f"c{i}" for i in range(10))),
+                    tmp_path / "source", size=120)
+    monkeypatch.setenv("LOWVAR_MAE_DATA", str(tmp_path / "source"))
+    monkeypatch.setenv("LOWVAR_MAE_GIT_REVISION", "")  # the script sets it; undone after the test
+    gs = _gpu_study()
+    assert gs.main(["pack", "--out", str(tmp_path / "shards"), "--size", "50"]) == 0
+    calls = sorted((tmp_path / "shards").glob("call*"))
+    assert [len(list(c.rglob("*.npz"))) for c in calls] == [2, 2]  # 3 train parts + 1 test part, two a call
+    for call in calls:
+        assert gs.main(["receive", str(call), "--data", str(tmp_path / "data")]) == 0
+    out = tmp_path / "out"
+    assert gs.main(["run", "--data", str(tmp_path / "data"), "--out", str(out), "--runs", str(tmp_path / "gpu-runs"),
+                    "--tiny", "--epochs", "2", "--device", "cpu", "--revision", "0" * 40]) == 0
+    with tarfile.open(out / "records.tar.gz") as tar:
+        names = tar.getnames()
+    assert "gpu_study.log" in names
+    evals = sorted((out / "results" / "eval").glob("*.json"))
+    assert len(evals) == 4 and len(list((out / "results" / "learning_order").glob("*.json"))) == 2
+    rec = json.loads(evals[0].read_text())
+    assert rec["pretrain_epochs"] == 2 and rec["recipe"] == "gpu"
+    bench = json.loads(next((out / "results" / "bench").glob("*.json")).read_text())
+    assert bench["images_per_s"] > 0 and bench["epochs_chosen"] == 2 and bench["provenance"]["device_name"]
+
+
+def test_a_copy_without_git_names_the_commit_it_was_given(tmp_path, monkeypatch):
+    from lowvar_mae import provenance
+
+    monkeypatch.setattr(provenance, "repo_root", lambda: tmp_path)  # a checkout with no .git folder
+    monkeypatch.delenv(provenance.REVISION_ENV, raising=False)
+    assert provenance.git_revision() == "unknown"
+    monkeypatch.setenv(provenance.REVISION_ENV, "a" * 40)
+    assert provenance.git_revision() == "a" * 40 + " (copy)"
+    (tmp_path / ".git").mkdir()  # a real checkout ignores the variable
+    assert provenance.git_revision() == "unknown"
