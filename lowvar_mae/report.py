@@ -36,14 +36,21 @@ CLAIMS = [
     ("fft-low:0.177", "reconstruct a low-pass image", "PixMIM (Liu et al. 2023)", "low-pass targets help ViT-B on ImageNet"),
     ("norm-pix", "reconstruct per-patch normalised pixels", "MAE (He et al. 2022)", "better fine-tuning on ImageNet"),
     ("pc-mask", "mask principal components instead of patches", "PMAE (Bizeul et al.)",
-     "about +14 points linear probe over MAE, ViT-Tiny on CIFAR-10"),
+     "ViT-Tiny on CIFAR-10, 800 epochs: linear probe 44.0 with the random share run here "
+     "(59.0 with a fixed 20%, its best setting)"),
 ]
+# A verdict of lowvar_mae.verdicts, as the outcome of a published claim.
+CLAIM_OUTCOMES = {"higher": "holds", "lower": "contradicted", "no difference shown": "not shown",
+                  "one seed only": "open", "not trained enough at this length": "not trained enough at this length",
+                  "no paired seeds": "no record"}
 
 
 def claim_table(diffs, claims=CLAIMS):
     """One row per (claim, probe) with paired seeds: the target's mean difference to pixels,
-    its interval and the outcome in words: "holds" (interval above 0), "contradicted" (below
-    0), "not shown" (includes 0), "open" (one seed) or "no record"."""
+    its interval and the outcome in words. ``diffs``: the verdicts of
+    ``lowvar_mae.verdicts.decide`` (outcome from the page's rule: "holds", "contradicted",
+    "not shown", "not trained enough at this length", "open" (one seed) or "no record"), or
+    plain ``paired_differences`` (outcome from the unadjusted interval)."""
     import pandas as pd
 
     rows = []
@@ -55,7 +62,9 @@ def claim_table(diffs, claims=CLAIMS):
                          "high": float("nan"), "outcome": "no record"})
             continue
         for _, r in sub.iterrows():
-            if r["n"] < 2 or math.isnan(r["low"]):
+            if "outcome" in r:
+                outcome = CLAIM_OUTCOMES[r["outcome"]]
+            elif r["n"] < 2 or math.isnan(r["low"]):
                 outcome = "open" if r["n"] else "no record"
             elif r["low"] > 0:
                 outcome = "holds"

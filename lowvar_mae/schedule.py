@@ -79,6 +79,28 @@ def differences_by_length(records, target: str = "pca-bottom:0.25", baseline: st
     return pd.concat(parts).sort_values(["metric", "epochs"]).reset_index(drop=True)
 
 
+def verdicts_by_length(records, random_records, target: str = "pca-bottom:0.25", baseline: str = "pixels"):
+    """The verdict (``lowvar_mae.verdicts``) of ``target`` against ``baseline`` at each
+    pretraining length, each length's encoders held to the bar against the random encoder
+    (``random_records``: eval records of target "none", which does not depend on the
+    length); the comparisons of every length and probe are one family for Holm's correction.
+    Columns of ``verdicts.decide`` plus ``epochs``."""
+    import pandas as pd
+
+    from . import verdicts
+
+    parts = []
+    for epochs, group in records.groupby("pretrain_epochs"):
+        frame = pd.concat([group, random_records]) if random_records is not None else group
+        table = verdicts.decide(frame, baseline, targets=[target])
+        if len(table):
+            parts.append(table.assign(epochs=int(epochs)))
+    if not parts:
+        return pd.DataFrame()
+    joined = verdicts.as_family(pd.concat(parts))
+    return joined.sort_values(["metric", "epochs"]).reset_index(drop=True)
+
+
 def crossing(epochs, mean_differences) -> float | None:
     """The number of epochs at which the least-squares line of the mean differences against
     log(epochs) reaches zero, when at least two lengths are given, the line rises towards
@@ -208,4 +230,4 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
 
 
 __all__ = ["STUDY_TARGETS", "MEAN_IMAGE_LEVEL", "study_records", "accuracy_by_length", "differences_by_length",
-           "crossing", "band_crossings", "run_epochs", "longest_runs", "probe_gap", "plot_study"]
+           "verdicts_by_length", "crossing", "band_crossings", "run_epochs", "longest_runs", "probe_gap", "plot_study"]

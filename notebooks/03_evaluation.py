@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from lowvar_mae import grid, report, schedule
+from lowvar_mae import grid, report, schedule, verdicts
 from lowvar_mae.data import DATASETS
 from lowvar_mae.evaluate import RECIPES as EVAL_RECIPES, evaluate, make_eval_config
 from lowvar_mae.models import build_mae
@@ -293,56 +293,57 @@ if have:
 #
 # Runs of one seed share their initial weights and their validation split, so each target
 # is compared with the pixel target of the same seed: the points are the per-seed
-# differences, the bar their mean with a 95% t interval (n - 1 degrees of freedom). A
-# difference counts only when its interval excludes zero; with three seeds the interval is
-# wide, and that is the honest size of what three seeds can show.
+# differences, the bar their mean with a 95% t interval (n - 1 degrees of freedom). With
+# three seeds the interval is wide, and that is the honest size of what three seeds can
+# show. The rule that turns these numbers into words is stated under the table.
 
 # %% tags=["remove-input"]
 diffs = report.paired_differences(records) if have and (records["target"] == "pixels").any() else None
 if diffs is not None and len(diffs):
     fig = report.plot_differences(diffs, title=f"target minus pixels, same seed, recipe {recipe}\n{source_line(records)}")
-    shown = diffs.assign(probe=[report.PROBE_LABELS[m] for m in diffs["metric"]],
-                         per_seed=[", ".join(f"{d:+.3f}" for d in ds) for ds in diffs["differences"]])
-    display(shown[["label", "probe", "n", "per_seed", "verdict"]].rename(
-        columns={"label": "target", "per_seed": "per seed"}).style.hide(axis="index"))
+    judged = verdicts.decide(records)
+    shown = judged.assign(target=[target_label(t) for t in judged["target"]],
+                          probe=[report.PROBE_LABELS[m] for m in judged["metric"]],
+                          per_seed=[", ".join(f"{d * 100:+.1f}" for d in ds) for ds in judged["differences"]])
+    display(shown[["target", "probe", "n", "per_seed", "words"]].rename(
+        columns={"per_seed": "per seed (points)", "words": "verdict"}).style.hide(axis="index"))
+    display(Markdown(verdicts.rule_text(int(judged["in_family"].sum()))))
 
 # %% tags=["remove-input"]
 if diffs is None or not len(diffs):
     display(Markdown("No target has runs on the same seeds as the pixel target yet."))
 else:
     said = []
-    for metric in [m for m in report.PROBE_LABELS if m in set(diffs["metric"])]:
-        sub = diffs[(diffs["metric"] == metric) & (diffs["target"] != "none")]
-        higher = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith("higher")]
-        lower = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith("lower")]
-        unclear = [r["label"] for _, r in sub.iterrows() if r["verdict"].startswith("no difference")]
-        single = [f"{r['label']} ({r['mean']:+.3f})" for _, r in sub.iterrows() if r["verdict"].startswith("one seed")]
-        parts = []
-        if higher:
-            parts.append(f"above the pixel target: {', '.join(higher)}")
-        if lower:
-            parts.append(f"below it: {', '.join(lower)}")
-        if unclear:
-            parts.append(f"not distinguishable from it at this number of seeds: {', '.join(unclear)}")
-        if single:
-            parts.append(f"one paired seed so far, no spread to judge by: {', '.join(single)}")
+    for metric in [m for m in report.PROBE_LABELS if m in set(judged["metric"])]:
+        sub = judged[judged["metric"] == metric]
+        groups = {}
+        for _, r in sub.iterrows():
+            groups.setdefault(r["outcome"], []).append(target_label(r["target"]))
+        names = {"higher": "above the pixel target", "lower": "below it",
+                 "no difference shown": "not distinguishable from it at this number of seeds",
+                 "not trained enough at this length": "not trained enough at this length to be judged",
+                 "one seed only": "one paired seed so far"}
+        parts = [f"{names[o]}: {', '.join(groups[o])}" for o in names if o in groups]
         said.append(f"- **{report.PROBE_LABELS[metric]}**: " + "; ".join(parts) + ".")
-    claim = diffs[(diffs["target"] == "pca-bottom:0.25") & (diffs["metric"] == "linprobe")]
+    claim = judged[(judged["target"] == "pca-bottom:0.25") & (judged["metric"] == "linprobe")]
     if len(claim):
         r = claim.iloc[0]
-        if r["n"] < 2:
-            answer = (f"Only one seed pairs the bottom-25% target with the pixel target so far "
-                      f"({r['mean']:+.3f} in linear-probe accuracy): no answer yet.")
-        elif r["verdict"].startswith("higher"):
-            answer = ("In this protocol the bottom-25% target's linear probe is above the pixel target's on "
-                      "the same seeds, as the presentation reports.")
-        elif r["verdict"].startswith("lower"):
-            answer = ("In this protocol the bottom-25% target's linear probe is **below** the pixel target's "
-                      "on the same seeds: the opposite of the presentation's claim, at this scale.")
-        else:
-            answer = ("In this protocol the bottom-25% target and the pixel target cannot be told apart by "
-                      "their linear probes: the difference lies inside the spread over seeds. At this scale, "
-                      "the answer is *no difference shown*.")
+        answer = {
+            "higher": "In this protocol the bottom-25% target's linear probe is above the pixel target's on the "
+                      "same seeds, as the presentation reports.",
+            "lower": "In this protocol the bottom-25% target's linear probe is **below** the pixel target's on the "
+                     "same seeds: the opposite of the presentation's claim, at this scale.",
+            "no difference shown": "In this protocol the bottom-25% target and the pixel target cannot be told "
+                                   "apart by their linear probes once the page's comparisons are corrected for "
+                                   "together: the answer at this scale is *no difference shown*.",
+            "not trained enough at this length": "In this protocol the bottom-25% encoder does **not clear the "
+                                                 "random encoder by the protocol's bar**, so this length cannot "
+                                                 "judge the target: its probe is "
+                                                 f"{r['mean'] * 100:+.1f} points from the pixel target's, "
+                                                 "but an encoder that learned this little says nothing about what "
+                                                 "its target would teach. The schedule study below trains longer.",
+            "one seed only": "Only one seed pairs the bottom-25% target with the pixel target so far: no answer yet.",
+        }.get(r["outcome"], "")
         said.append("\n" + answer)
     display(Markdown("\n".join(said)))
 
@@ -388,55 +389,37 @@ else:
                      "above fill it, one recorded cell at a time."))
 
 # %% tags=["remove-input"]
-def study_words(gap, metric: str) -> str:
+def study_words(judged, metric: str) -> str:
     """What the paired differences of one probe say, length by length, in plain words."""
-    rows = gap[gap["metric"] == metric].sort_values("epochs")
+    rows = judged[judged["metric"] == metric].sort_values("epochs")
     if not len(rows):
         return ""
-    parts = []
-    for _, r in rows.iterrows():
-        spread = (f"95% interval {r['low'] * 100:+.1f} to {r['high'] * 100:+.1f}" if r["n"] > 1
-                  else "one seed, no interval")
-        parts.append(f"{r['mean'] * 100:+.1f} points at {r['epochs']} epochs ({spread})")
+    parts = [f"at {r['epochs']} epochs {r['words']}" for _, r in rows.iterrows()]
     text = f"**{report.PROBE_LABELS[metric]}**, bottom 25% minus pixels: " + "; ".join(parts) + "."
     first, last = rows.iloc[0], rows.iloc[-1]
     if len(rows) > 1:
         change = (last["mean"] - first["mean"]) * 100
-        if last["n"] > 1 and last["low"] > 0:
-            state = "the gap has **reversed**: the bottom-25% target is ahead, and the interval excludes zero"
-        elif last["n"] > 1 and last["high"] < 0:
-            state = "the pixel target is still ahead at the longest length, and the interval excludes zero"
-        elif last["n"] > 1:
-            state = "at the longest length the interval includes zero: no difference is shown there"
-        else:
-            state = "the longest length has one seed, so its difference has no interval yet"
-        trend = ("shrinks" if abs(last["mean"]) < abs(first["mean"]) and last["mean"] * first["mean"] > 0
-                 else "grows" if abs(last["mean"]) > abs(first["mean"]) and last["mean"] * first["mean"] > 0
-                 else "changes sign")
+        same_sign = last["mean"] * first["mean"] > 0
+        trend = ("changes sign" if not same_sign else "shrinks" if abs(last["mean"]) < abs(first["mean"])
+                 else "grows")
         text += (f" From {first['epochs']} to {last['epochs']} epochs the mean difference moves by {change:+.1f} "
-                 f"points (it {trend}); {state}.")
+                 f"points: the gap {trend}.")
         at = schedule.crossing(rows["epochs"], rows["mean"])
         if at is not None and last["mean"] < 0:
-            text += (f" If the difference kept growing by the same amount per doubling of the length (a straight "
-                     f"line in log(epochs) through the {len(rows)} lengths), it would reach zero near **{at:.0f} "
-                     "epochs**. That is an extrapolation, not a measurement.")
+            text += (f" If it kept closing by the same amount per doubling of the length (a straight line in "
+                     f"log(epochs) through the {len(rows)} lengths), it would reach zero near **{at:.0f} epochs**. "
+                     "That is an extrapolation, not a measurement.")
         elif last["mean"] < 0:
             text += " The trend does not point towards a crossing."
     return text
 
 
 if len(study_lengths) > 1:
-    said = [w for w in (study_words(gap, m) for m in ("linprobe", "knn")) if w]
-    bar = []
-    for epochs in study_lengths:
-        sub = by_length[(by_length["epochs"] == epochs) & (by_length["metric"] == "linprobe")
-                        & (by_length["target"] == "pca-bottom:0.25")]
-        if len(sub) and "linprobe" in random_at:
-            margin = (float(sub["mean"].iloc[0]) - random_at["linprobe"]) * 100
-            bar.append(f"{margin:+.1f} at {epochs}")
-    if bar:
-        said.append("The bottom-25% encoder's linear probe against the random encoder's (points; the protocol "
-                    "asks for +8 before a target's row says anything): " + ", ".join(bar) + ".")
+    randoms = records[records["target"] == "none"] if have else None
+    judged_study = schedule.verdicts_by_length(study, randoms)
+    said = [w for w in (study_words(judged_study, m) for m in ("linprobe", "knn")) if w]
+    said.append(verdicts.rule_text(int(judged_study["in_family"].sum())).replace(
+        "on this page", "of the schedule study (every length and probe)"))
     display(Markdown("\n\n".join(said)))
 
 # %% [markdown]

@@ -39,7 +39,7 @@ recipe = "cpu"        # the protocol whose records are shown
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lowvar_mae import grid, report
+from lowvar_mae import grid, report, verdicts
 from lowvar_mae.data import DATASETS
 from lowvar_mae.reference import target_label
 from lowvar_mae.results import load_records
@@ -118,20 +118,24 @@ else:
 #
 # Each target minus the pixel target of the same seed (same initial weights, same
 # validation split); the bar is the mean with a 95% t interval. An idea *holds* here when
-# its interval lies above zero, is *contradicted* when it lies below, and is *not shown*
-# when it includes zero.
+# the target is higher by the rule stated under the table (paired t test, Holm's
+# correction across every comparison on this page), is *contradicted* when it is lower,
+# and is *not shown* otherwise; a target whose encoder does not clear the random encoder
+# by the protocol's bar is *not trained enough at this length* and is not judged.
 
 # %% tags=["remove-input"]
 diffs = report.paired_differences(records) if have and (records["target"] == "pixels").any() else None
 if diffs is not None and len(diffs):
     fig = report.plot_differences(diffs, title=f"target minus pixels, same seed, recipe {recipe}\n{source_line(records)}")
-    claims = report.claim_table(diffs)
+    judged = verdicts.decide(records)
+    claims = report.claim_table(judged)
     shown = claims.assign(
         difference=[("" if n == 0 else f"{m:+.3f}" + ("" if lo != lo else f" [{lo:+.3f}, {hi:+.3f}]"))
                     for m, lo, hi, n in zip(claims["mean"], claims["low"], claims["high"], claims["n"])])
     display(shown[["label", "source", "reported", "probe", "n", "difference", "outcome"]].rename(
         columns={"label": "target", "reported": "what they report", "n": "seeds",
                  "difference": "minus pixels [95% interval]"}).style.hide(axis="index"))
+    display(Markdown(verdicts.rule_text(int(judged["in_family"].sum()))))
 else:
     claims = None
     display(Markdown("No target has runs on the same seeds as the pixel target yet."))
@@ -148,14 +152,17 @@ if claims is not None:
         said = "; ".join(f"{r['probe']} {r['mean'] * 100:+.1f} points ({r['outcome']}, {r['n']} seed{'s' * (r['n'] > 1)})"
                          for _, r in sub.iterrows())
         outcomes = set(sub["outcome"])
-        if outcomes == {"holds"}:
+        if "not trained enough at this length" in outcomes:
+            verdict = ("is **not judged**: its encoder does not clear the random encoder by the protocol's bar "
+                       "at this length")
+        elif outcomes == {"holds"}:
             verdict = "holds at this scale"
         elif "contradicted" in outcomes and "holds" not in outcomes:
             verdict = "**does not hold at this scale**: the target's features are worse than the pixel target's"
         elif "holds" in outcomes:
             verdict = "holds for one probe only"
         elif outcomes <= {"not shown"}:
-            verdict = "is not shown: the difference lies within the spread over seeds"
+            verdict = "is not shown: no difference survives the page's correction for many comparisons"
         else:
             verdict = "is open: too few paired seeds"
         lines.append(f"- **{first['label']}** ({first['source']}: {first['idea']}) {verdict}. {said}.")

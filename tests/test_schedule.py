@@ -255,3 +255,22 @@ def test_a_copy_without_git_names_the_commit_it_was_given(tmp_path, monkeypatch)
     assert provenance.git_revision() == "a" * 40 + " (copy)"
     (tmp_path / ".git").mkdir()  # a real checkout ignores the variable
     assert provenance.git_revision() == "unknown"
+
+
+def test_verdicts_by_length_hold_each_length_to_the_bar_and_correct_across_lengths():
+    from lowvar_mae import verdicts
+
+    frame = _study_frame()
+    records = schedule.study_records(frame, "cifar10", "cpu")
+    random = pd.DataFrame([_record("none", m, s, None, 0.47) for m in ("linprobe", "knn") for s in (0, 1, 2)])
+    table = schedule.verdicts_by_length(records, random)
+    assert sorted(set(table["epochs"])) == [6, 12, 24] and set(table["metric"]) == {"linprobe", "knn"}
+    # the family: every length and probe with 2+ seeds and trained encoders, corrected together
+    fam = table[table["in_family"]]
+    assert (table["family_size"] == len(fam)).all()
+    assert fam["p_holm"].tolist() == pytest.approx(verdicts.holm(fam["p"].tolist()))
+    one = table[table["epochs"] == 12]
+    assert set(one["outcome"]) <= {"one seed only", "not trained enough at this length"}
+    # margins are per length: the bottom target's 6-epoch linear probe is about 0.46, below 0.47 + 0.08
+    six = table[(table["epochs"] == 6) & (table["metric"] == "linprobe")].iloc[0]
+    assert six["outcome"] == "not trained enough at this length"
