@@ -20,6 +20,7 @@ BOOK_PAGES = {
     "book/executed/05_learning_order.html": 1,
     "book/executed/06_other_targets.html": 2,
     "book/executed/07_performance.html": 0,
+    "book/executed/08_conclusions.html": 0,
     "book/running.html": 0,
     "book/bibliography.html": 0,
 }

@@ -423,6 +423,9 @@ if len(study_lengths) > 1:
     display(Markdown("\n\n".join(said)))
 
 # %% [markdown]
+# The [conclusions](08_conclusions.ipynb) put these verdicts beside the premise, the rivals
+# and the caveats.
+#
 # ## What is still missing, and how to fill it
 #
 # The grid runs one cell at a time and skips every cell that has a record, so it fills

@@ -19,6 +19,7 @@ SMALLEST = {
                           "n_fit": 300},
     "06_other_targets": {},
     "07_performance": {},
+    "08_conclusions": {},
 }
 
 
