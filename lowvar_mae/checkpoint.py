@@ -324,6 +324,12 @@ def open_run_folder(run_dir: str | Path, config, device: str, **fields) -> Path:
     check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", {**config.to_dict(), "run_name": config.run_name})
-    if not (run_dir / "provenance.json").is_file():
-        atomic_write_json(run_dir / "provenance.json", {**provenance(device), **fields})
+    path = run_dir / "provenance.json"
+    if not path.is_file():
+        atomic_write_json(path, {**provenance(device), **fields})
+    else:  # a resumed run keeps its first provenance and lists every later start
+        first = json.loads(path.read_text())
+        now = provenance(device)
+        start = {k: now[k] for k in ("git_revision", "device_name", "threads", "host", "time_utc")}
+        atomic_write_json(path, {**first, "resumes": [*first.get("resumes", []), start]})
     return run_dir

@@ -67,7 +67,7 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_weights, open_
 from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, get_config, pool_tokens, set_attention
-from .provenance import atomic_write_json, results_dir, runs_dir
+from .provenance import OtherLoad, atomic_write_json, results_dir, runs_dir
 from .reference import TABLE1, target_label
 from .results import write_record
 from .targets import parse_target
@@ -832,6 +832,18 @@ def _record_fields(config: FinetuneConfig | KNNConfig, summary: dict, run_dir: P
     return fields_
 
 
+def pretrain_provenance(run_dir: Path, summary: dict) -> dict:
+    """What made a pretrained encoder, from its run folder: the code (git revision, and that
+    of every resumed start), the machine, threads, precision and wall time."""
+    path = run_dir / "provenance.json"
+    prov = json.loads(path.read_text()) if path.is_file() else {}
+    return {"git_revision": prov.get("git_revision"), "device_name": prov.get("device_name"),
+            "threads": prov.get("threads"), "host": prov.get("host"), "time_utc": prov.get("time_utc"),
+            "precision": summary.get("precision", prov.get("precision")), "train_seconds": summary.get("train_seconds"),
+            "images_per_s": summary.get("images_per_s"), "other_cores_max": summary.get("other_cores_max"),
+            "resumes": [r.get("git_revision") for r in prov.get("resumes", [])]}
+
+
 def has_record(run_name: str, metric: str, results_root=None) -> bool:
     """Whether a record of evaluation run ``run_name`` and ``metric`` exists: under ``results_root``
     if given, else in any folder records are read from (``lowvar_mae.results.record_dirs``: the
@@ -877,6 +889,7 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
         return result
 
     start = time.perf_counter()
+    others = OtherLoad()
     pretrain_info: dict = {"pretrain_recipe": None, "pretrain_epochs": None}
     if config.pretrain_run is None:
         encoder = random_encoder(config.model, config.seed)
@@ -887,12 +900,15 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
             if getattr(config, name) != value:
                 raise ValueError(f"config says {name}={getattr(config, name)!r}, "
                                  f"pretraining run {config.pretrain_run} has {value!r}")
-        done = json.loads((runs_dir(root) / config.pretrain_run / "summary.json").read_text())
+        source_dir = runs_dir(root) / config.pretrain_run
+        done = json.loads((source_dir / "summary.json").read_text())
         pretrain_info = {"pretrain_recipe": raw.get("recipe"), "pretrain_epochs": raw.get("epochs"),
                          "pretrain_seconds": done.get("train_seconds"),
                          "pretrain_images_per_s": done.get("images_per_s"),
                          "pretrain_final_loss": done.get("final_loss"),
-                         "pretrain_probe_curve": done.get("probe_curve", [])}
+                         "pretrain_probe_curve": done.get("probe_curve", []),
+                         "pretrain_other_cores_max": done.get("other_cores_max"),
+                         "pretrain_provenance": pretrain_provenance(source_dir, done)}
     encoder = encoder.to(dev)
     splits = load_splits(config.dataset, n_train=config.n_train, n_test=config.n_test,
                          val_fraction=config.val_fraction, seed=config.seed, device=dev)
@@ -910,7 +926,8 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
         if not result.summary:
             return result
         result.summary.update(chosen)
-    result.summary.update(pretrain_info, wall_seconds=time.perf_counter() - start, device=str(dev))
+    result.summary.update(pretrain_info, wall_seconds=time.perf_counter() - start, device=str(dev),
+                          other_cores=others())
     if dist.is_main:
         atomic_write_json(summary_file, result.summary)
         if run_dir != final_dir:

@@ -24,7 +24,7 @@ from .checkpoint import latest_checkpoint, load_weights, open_run_folder, replac
 from .config import RunConfig
 from .data import DATASETS, load_dataset
 from .models import MAE, build_mae, get_config, set_attention
-from .provenance import atomic_write_json, runs_dir
+from .provenance import OtherLoad, atomic_write_json, runs_dir
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
 from .pca import BOTTOM_METHODS as PCA_METHODS
 from .train import (ATTENTIONS, AUGMENTATIONS, PRECISIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
@@ -300,8 +300,13 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
         if dist.is_main and latest_checkpoint(run_dir) is None and not first.is_file():
             atomic_write_json(first, {"epoch": 0, "probe_val": probe(unwrap(model).encoder)})
 
+    others = OtherLoad()
+
     def on_epoch_end(epoch: int, metrics: dict) -> dict:
         extra = {}
+        busy = others()
+        if busy is not None:  # cores other processes kept busy during the epoch
+            extra["other_cores"] = round(busy, 3)
         for hook in hooks:
             extra.update(hook(unwrap(model), epoch) or {})
         every = config.recon_every or config.epochs
@@ -327,6 +332,7 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
             "wall_seconds_this_call": time.perf_counter() - start, "precision": precision, "attention": attention,
             "parameters": sum(p.numel() for p in model.parameters()),
             "probe_curve": probe_curve(run_dir),
+            "other_cores_max": max((m["other_cores"] for m in metrics if "other_cores" in m), default=None),
         })
         if run_dir != final_dir:
             replace_run(run_dir, final_dir)

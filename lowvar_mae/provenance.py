@@ -110,6 +110,38 @@ def device_info(device: str | None = None) -> dict[str, object]:
     return info
 
 
+class OtherLoad:
+    """Cores kept busy by other processes since the previous call (since creation for the
+    first): the machine's busy CPU time from ``/proc/stat`` less this process's own (all
+    its threads), over the wall time, times the number of CPUs. None where ``/proc`` is
+    missing. A run that shared its machine says so with it: on 2 cores, one other busy
+    process (about 1.0) slows a torch job several-fold."""
+
+    def __init__(self):
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                values = [int(v) for v in f.readline().split()[1:9]]
+            with open("/proc/self/stat") as f:
+                after_name = f.read().rsplit(")", 1)[1].split()
+            own = int(after_name[11]) + int(after_name[12])  # utime + stime, in the same clock ticks
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values), sum(values) - idle, own
+
+    def __call__(self) -> float | None:
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None or now[0] <= last[0]:
+            return None
+        busy, own = now[1] - last[1], now[2] - last[2]
+        return max(0.0, (busy - own) / (now[0] - last[0]) * (os.cpu_count() or 1))
+
+
 def provenance(device: str | None = None) -> dict[str, object]:
     """Everything a result record needs to say where it came from."""
     return {

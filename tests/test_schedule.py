@@ -160,6 +160,50 @@ def test_grid_records_the_learning_order_of_every_encoder_it_pretrains(dirs):
     assert [p["epoch"] for p in order["probe_curve"]] == [0, 2]
     assert "probe_val" in order["epochs"][-1]
     assert grid.run_grid(cells, allow_dirty=True, log=lambda *_: None) == []  # nothing twice
+    # the eval record names the code and machine that made the encoder, and who else was busy
+    import json
+
+    from lowvar_mae.provenance import git_revision, runs_dir
+
+    rec = json.loads(next(p for p in written if p.parent.name == "eval").read_text())
+    made = rec["pretrain_provenance"]
+    assert made["git_revision"] == git_revision() and made["device_name"] and made["threads"]
+    assert made["precision"] in ("fp32", "bf16") and made["train_seconds"] > 0 and made["resumes"] == []
+    assert rec["pretrain_other_cores_max"] is not None and rec["pretrain_other_cores_max"] >= 0
+    assert rec["other_cores"] is not None
+    run_dir = runs_dir() / grid.pretrain_config(cells[0]).run_name
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("other_cores" in line for line in lines)
+
+
+def test_other_load_sees_a_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    from lowvar_mae.provenance import OtherLoad
+
+    sample = OtherLoad()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    time.sleep(1.0)
+    measured = sample()
+    busy.wait()
+    assert measured is not None and 0.5 < measured <= 2.5  # about one core (the study beside it may add up to 2)
+
+
+def test_a_resumed_run_lists_every_start_in_its_provenance(tmp_path):
+    import json
+
+    from lowvar_mae.checkpoint import open_run_folder
+    from lowvar_mae.pretrain import make_config
+
+    cfg = make_config("quick", "synthetic", "pixels")
+    open_run_folder(tmp_path / "run", cfg, "cpu", seed=0)
+    first = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    open_run_folder(tmp_path / "run", cfg, "cpu", seed=0)
+    again = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert again["time_utc"] == first["time_utc"] and again["seed"] == 0
+    assert [r["git_revision"] for r in again["resumes"]] == [first["git_revision"]]
 
 
 def _order_record(target, epochs, seed=0, probes=(), time="2026-12-01T00:00:00+00:00", config_only=False):
