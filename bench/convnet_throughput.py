@@ -1,6 +1,6 @@
 """Training throughput of the subspace chapter's conv net, and what a curve point costs.
 
-Times the training step of ``analysis.SmallConvNet`` as ``analysis.convnet_accuracy`` runs
+Times the training step of ``curve.SmallConvNet`` as ``curve.convnet_accuracy`` runs
 it (uint8 batch -> ``pad_crop_flip`` -> projection -> standardise -> forward, label-smoothed
 cross-entropy, backward, SGD step; fp32), side by side:
 
@@ -40,7 +40,7 @@ def time_steps(channels_last: bool, projection: str, batch: int, warmup: int, re
     import torch.nn.functional as F
 
     from lowvar_mae import pca
-    from lowvar_mae.analysis import ConvNetConfig, SmallConvNet, pad_crop_flip
+    from lowvar_mae.curve import ConvNetConfig, SmallConvNet, pad_crop_flip
     from lowvar_mae.data import make_synthetic
     from lowvar_mae.train import build_optimizer
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         worker(args)
         return 0
 
-    from lowvar_mae.analysis import ConvNetConfig
+    from lowvar_mae.curve import ConvNetConfig
     from lowvar_mae.results import write_bench_record
 
     rows = [r for isa in args.isas for r in run_isa(isa, args)]

@@ -47,8 +47,9 @@ def _metrics_digest(metrics: list[dict]) -> str:
 def fingerprint(cifar: bool) -> dict:
     import torch
 
-    from lowvar_mae.evaluate import evaluate, make_eval_config
-    from lowvar_mae.pretrain import make_config, pretrain
+    from lowvar_mae.evaluate import evaluate
+    from lowvar_mae.pretrain import pretrain
+    from lowvar_mae.recipes import make_config, make_eval_config
 
     torch.set_num_threads(1)
     out = {}

@@ -114,8 +114,9 @@ def cmd_run(args) -> int:
         os.environ["LOWVAR_MAE_GIT_REVISION"] = args.revision
     sys.path.insert(0, str(ROOT))
     from lowvar_mae import grid
-    from lowvar_mae.pretrain import make_config, pretrain
+    from lowvar_mae.pretrain import pretrain
     from lowvar_mae.provenance import device_info
+    from lowvar_mae.recipes import make_config
     from lowvar_mae.results import write_bench_record
     from lowvar_mae.train import resolve_device
 

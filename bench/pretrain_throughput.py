@@ -53,12 +53,11 @@ from torch.utils import flop_counter
 from lowvar_mae import pca
 from lowvar_mae.data import load_dataset, make_synthetic
 from lowvar_mae.models import build_mae, get_config, set_attention
-from lowvar_mae.pretrain import RECIPES
+from lowvar_mae.recipes import PRETRAIN_RECIPES as RECIPES
 from lowvar_mae.results import write_bench_record
 from lowvar_mae.targets import make_target, parse_target
-from lowvar_mae.train import (ATTENTIONS, DeviceData, LoopConfig, augment, autocast, build_optimizer,
-                              cpu_has_fast_bf16, fits_on, normalize, resolve_attention, resolve_precision,
-                              run_epoch, scaled_lr)
+from lowvar_mae.train import (ATTENTIONS, DeviceData, LoopConfig, augment, autocast, build_optimizer, cpu_has_fast_bf16,
+                              fits_on, normalize, resolve_attention, resolve_precision, run_epoch, scaled_lr)
 
 
 def _load_sibling(name: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,8 @@ def cmd_check_book(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import make_config, pretrain
+    from .pretrain import pretrain
+    from .recipes import make_config
 
     overrides = {k: getattr(args, k) for k in [*PRETRAIN_OPTIONS, "compile"]}
     config = make_config(args.recipe, args.dataset, args.target, **overrides)
@@ -118,7 +120,7 @@ def cmd_curve(args) -> int:
 
 def cmd_linear(args) -> int:
     """The linear classifier on every subspace of the curve, penalties chosen on validation, recorded."""
-    from .analysis import linear_subspace_benchmark
+    from .curve import linear_subspace_benchmark
     from .provenance import require_clean
 
     require_clean(args.allow_dirty)
@@ -129,9 +131,9 @@ def cmd_linear(args) -> int:
 
 def cmd_learning_order(args) -> int:
     """Pretrain with band metrics (or load such a run) and record its learning order."""
-    from .analysis import LEARNING_ORDER_KIND, learning_order_fields, learning_order_run
-    from .pretrain import make_config
+    from .learning_order import LEARNING_ORDER_KIND, learning_order_fields, learning_order_run
     from .provenance import require_clean
+    from .recipes import make_config
     from .results import load_records, write_record
 
     require_clean(args.allow_dirty)
@@ -168,6 +170,34 @@ def cmd_shards(args) -> int:
     for split in args.splits:
         for path in save_shards(load_dataset(args.dataset, split), args.out, size=args.size):
             print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """A pretrained encoder as a state dict of timm's VisionTransformer (safetensors)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .models import TIMM_ARCH, timm_kwargs, timm_state_dict
+    from .pretrain import load_run
+
+    if args.to != "timm":
+        raise ValueError(f"--to must be 'timm', got {args.to!r}")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"the output must be a .safetensors file, got {str(out)!r}")
+    run = load_run(args.run_dir)
+    kwargs = timm_kwargs(run.model.encoder)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(timm_state_dict(run.model.encoder), str(tmp),
+              metadata={"timm_arch": TIMM_ARCH, "timm_kwargs": json.dumps(kwargs), "run_name": run.run_dir.name})
+    os.replace(tmp, out)
+    call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    print(f"{out}: {run.run_dir.name}, {len(run.metrics)} epochs\n"
+          f"load with: model = timm.create_model({TIMM_ARCH!r}, pretrained=False, {call})\n"
+          f"           model.load_state_dict(safetensors.torch.load_file({str(out)!r}), strict=True)")
     return 0
 
 
@@ -290,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", nargs="+", default=["train", "test"])
     p.add_argument("--size", type=int, default=10_000, help="images per part")
     p.set_defaults(func=cmd_shards)
+
+    p = sub.add_parser("export", help="a pretrained encoder as a state dict of timm's VisionTransformer")
+    p.add_argument("run_dir", help="a pretraining run folder")
+    p.add_argument("--to", default="timm", help="the format: timm")
+    p.add_argument("out", help="the .safetensors file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("shares", help="the share of pixel variance each target keeps on a training split (a record)")
     p.add_argument("--dataset", default="cifar10")

@@ -52,8 +52,8 @@ def _verdict_fields(prefix: str, table, metric: str) -> dict:
 def findings(dataset: str = "cifar10", recipe: str = "cpu") -> dict:
     """Every number and outcome of the conclusions page (floats, ints and strings; NaN
     where a record is missing)."""
-    from .analysis import LEARNING_ORDER_KIND, band_metrics
-    from .pretrain import RECIPES
+    from .learning_order import LEARNING_ORDER_KIND, band_metrics
+    from .recipes import PRETRAIN_RECIPES as RECIPES
     from .report import CLAIM_OUTCOMES, protocol_records
     from .results import load_records
 

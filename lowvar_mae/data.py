@@ -680,3 +680,35 @@ def make_synthetic(n: int, seed: int, image_size: int = 32) -> tuple[np.ndarray,
     images += _NOISE_STD * rng.standard_normal(images.shape, dtype=np.float32)
     images = np.clip(np.rint(images), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def validation_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of training-split indices: (train_idx, val_idx), sorted int64.
+
+    labels: (N,) class indices of the *training* split (never the test split). Each class
+    c with n_c >= 2 images gives round(fraction * n_c) of them, clipped to 1..n_c - 1, to
+    validation; a class with one image stays in training. The same seed gives the same split.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size < 2:
+        raise ValueError(f"labels must be a 1-D array of at least 2 class indices, got shape {labels.shape}")
+    if (labels < 0).any():
+        raise ValueError("labels contain -1 (unlabelled images); a validation split needs labelled images")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            continue
+        n_val = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
+        val.append(rng.permutation(members)[:n_val])
+    if not val:
+        raise ValueError("no class has two images: nothing can be held out for validation")
+    val_idx = np.sort(np.concatenate(val)).astype(np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx).astype(np.int64)
+    return train_idx, val_idx

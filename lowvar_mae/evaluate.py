@@ -1,4 +1,8 @@
-"""Evaluating pretrained encoders: fine-tuning, linear probing, kNN, records and Table 1.
+"""Evaluating pretrained encoders: fine-tuning and the evaluation cell (linear probe, kNN) with its records.
+
+The configs and recipes are ``lowvar_mae.recipes`` (:class:`FinetuneConfig`,
+:class:`KNNConfig`); the probes' pieces (features, pooling choice, the BatchNorm + linear
+head, kNN votes, softmax regression) are ``lowvar_mae.probes``.
 
 Three protocols, all on the CLS token of a :class:`~lowvar_mae.models.ViTEncoder`:
 
@@ -30,7 +34,7 @@ instead of training again.
 
 Protocol, and how it differs from the original work
 ------------------------------------------------------
-* A validation split (:func:`validation_split`: stratified, seeded, default 10%) is cut
+* A validation split (``lowvar_mae.data.validation_split``: stratified, seeded, default 10%) is cut
   from the *training* split only. Every choice made while training (the best epoch)
   looks at validation accuracy; the test split is evaluated once, at the end.
 * Two test numbers are recorded: ``value``, the test accuracy of the final weights (the
@@ -57,344 +61,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import (CheckpointError, latest_checkpoint, load_weights, open_run_folder, replace_run,
                          save_checkpoint, staging_dir)
-from .config import RunConfig
-from .data import DATASETS, load_dataset
-from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, get_config, pool_tokens, set_attention
+from .data import load_dataset, validation_split
+from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, set_attention
+from .pretrain import is_finished
+from .probes import (LinearConfig, LinearProbe, _batched, build_head, choose_pooling, choose_weight_decay,
+                     extract_features, extract_pooled, knn_accuracy, linear_accuracy)
 from .provenance import OtherLoad, atomic_write_json, results_dir, runs_dir
-from .reference import TABLE1, target_label
+from .recipes import NO_TARGET, FinetuneConfig, KNNConfig, PretrainConfig, _EvalConfig
 from .results import write_record
 from .targets import parse_target
-from .train import (ATTENTIONS, AUGMENTATIONS, PRECISIONS, DeviceData, Distributed, LoopConfig, augment,
-                    autocast, build_optimizer, fits_on, init_distributed, normalize, read_metrics,
-                    resolve_attention, resolve_device, resolve_precision, scaled_lr, train_loop)
+from .train import (DeviceData, Distributed, LoopConfig, augment, build_optimizer, fits_on, init_distributed, normalize,
+                    read_metrics, resolve_attention, resolve_device, resolve_precision, scaled_lr, train_loop)
 
-PROTOCOLS = ("finetune", "linprobe")
-METRICS = ("finetune", "linprobe", "knn")
-NO_TARGET = "none"  # the "without pretraining" baseline
-# Fields that do not change what is learned, left out of the run name's hash.
-NOT_IN_NAME = ("compile", "attention", "eval_batch_size", "checkpoint_every")
 RECORD_KIND = "eval"
-
-# Recipes: the presentation's numbers ("paper") and CPU-minutes ones ("quick").
-# Units: epochs over the training part of the training split; batch = images per
-# optimiser step (all GPUs); lr = base_lr * batch_size / 256.
-RECIPES: dict[str, dict[str, dict]] = {
-    "finetune": {
-        "paper": dict(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999),
-                      batch_size=1024, epochs=100, warmup_epochs=5, augment="none",
-                      rand_augment_ops=2, rand_augment_magnitude=9, rand_augment_group=1,
-                      label_smoothing=0.1, head_dropout=0.1, head_norm=False, head_init_std=2e-5),
-        # Flips instead of RandAugment: per-image RandAugment costs about as much as the
-        # model's own step at this size on a CPU.
-        "quick": dict(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999),
-                      batch_size=64, epochs=4, warmup_epochs=1, augment="flip", rand_augment_ops=0,
-                      label_smoothing=0.1, head_dropout=0.1, head_norm=False, head_init_std=2e-5),
-        # The CPU protocol's short fine-tune of the cpu-cifar encoder on the whole training part.
-        "cpu": dict(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999),
-                    batch_size=256, epochs=5, warmup_epochs=1, augment="flip", rand_augment_ops=0,
-                    label_smoothing=0.1, head_dropout=0.1, head_norm=False, head_init_std=2e-5),
-    },
-    "linprobe": {
-        "paper": dict(optimizer="sgd", momentum=0.9, base_lr=0.1, weight_decay=0.0, batch_size=256,
-                      epochs=90, warmup_epochs=10, augment="flip", rand_augment_ops=0,
-                      label_smoothing=0.0, head_dropout=0.0, head_norm=True, head_init_std=0.01),
-        # No augmentation: the head trains on cached features, 100 epochs take seconds.
-        "quick": dict(optimizer="sgd", momentum=0.9, base_lr=0.1, weight_decay=0.0, batch_size=128,
-                      epochs=100, warmup_epochs=10, augment="none", rand_augment_ops=0,
-                      label_smoothing=0.0, head_dropout=0.0, head_norm=True, head_init_std=0.01,
-                      checkpoint_every=10),
-        # The CPU protocol: the quick probe on cached features of the whole training part,
-        # batch 1024 (lr scaled to 0.4); which features (CLS, mean of patch tokens, both) is
-        # chosen on the validation split (``features="auto"``, :func:`choose_pooling`).
-        "cpu": dict(optimizer="sgd", momentum=0.9, base_lr=0.1, weight_decay=0.0, batch_size=1024,
-                    epochs=100, warmup_epochs=10, augment="none", rand_augment_ops=0,
-                    label_smoothing=0.0, head_dropout=0.0, head_norm=True, head_init_std=0.01,
-                    checkpoint_every=25, features="auto"),
-    },
-
-    # kNN trains nothing; a recipe only says which features it votes with.
-    "knn": {"quick": {}, "paper": {}, "cpu": dict(features="auto"), "gpu": dict(features="auto")},
-}
-RECIPES["linprobe"]["gpu"] = RECIPES["linprobe"]["cpu"]  # the probe of the GPU protocol is the CPU one
-# Feature choices of the probes: a pooling of lowvar_mae.models.POOLINGS, or "auto" (chosen
-# on the validation split).
-FEATURES = (*POOLINGS, "auto")
-KNN_K = 20
-KNN_TEMPERATURE = 0.07
 
 
 # ---------------------------------------------------------------- configs
 
 
-@dataclass(frozen=True)
-class _EvalConfig(RunConfig):
-    """What is evaluated, on which data: the fields every protocol shares."""
-
-    dataset: str = "synthetic"
-    target: str = NO_TARGET          # the pretraining run's target, or "none" (random encoder)
-    pretrain_run: str | None = None  # pretraining run folder name under the runs dir; None iff target "none"
-    model: str = "small-cifar"       # the encoder's preset (must be the pretraining run's)
-    n_train: int | None = None       # seeded subset of the training split (as in pretraining)
-    n_test: int | None = None        # subset of the test split, the same images for every seed
-    val_fraction: float = 0.1        # share of the training images held out for validation
-    precision: str = "auto"          # auto | fp32 | bf16
-    attention: str = "auto"          # auto | sdpa | math (lowvar_mae.train.resolve_attention)
-    eval_batch_size: int = 256       # images per forward pass when extracting features or testing
-    features: str = "cls"            # cls | mean | cls+mean | auto (chosen on validation); probes only
-    seed: int = 0
-
-    NOT_IN_NAME = NOT_IN_NAME
-
-    def __post_init__(self) -> None:
-        self.check_types()
-        self.check_range("seed", 0)
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
-        if self.target != NO_TARGET:  # canonical spelling, e.g. 'pca-bottom:0.250' -> 'pca-bottom:0.25'
-            object.__setattr__(self, "target", str(parse_target(self.target)))
-        if (self.target == NO_TARGET) != (self.pretrain_run is None):
-            raise ValueError(
-                f"target {self.target!r} with pretrain_run {self.pretrain_run!r}: target 'none' (no "
-                "pretraining) goes with pretrain_run=None, any other target needs its pretraining run")
-        get_config(self.model)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        for name, low in (("n_train", 2), ("n_test", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < low):
-                raise ValueError(f"{name} must be None or an integer >= {low}, got {value!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
-        if self.features not in FEATURES:
-            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
-
-    @property
-    def metric(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def run_name(self) -> str:
-        """Readable prefix plus a hash of every field that changes the result (pretraining run included)."""
-        digest = self.digest(metric=self.metric)
-        return f"{self.metric}-{self.dataset}-{self.target.replace(':', '')}-{self._name_part}-s{self.seed}-{digest}"
-
-    @property
-    def _name_part(self) -> str:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(_EvalConfig):
-    """A fine-tuning or linear-probing run. Papermill parameters map onto these fields."""
-
-    protocol: str = "finetune"       # finetune | linprobe (encoder frozen)
-    recipe: str = "quick"            # paper | quick: where the numbers below came from
-    epochs: int = 4
-    warmup_epochs: float = 1
-    batch_size: int = 64             # images per optimiser step
-    accum_steps: int = 1             # micro-batches per step
-    optimizer: str = "adamw"         # adamw | sgd
-    base_lr: float = 1e-3            # lr = base_lr * batch_size / 256
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9            # SGD only
-    augment: str = "flip"            # none | flip | crop-flip (lowvar_mae.train.augment), after RandAugment
-    rand_augment_ops: int = 0        # RandAugment's num_ops; 0: no RandAugment
-    rand_augment_magnitude: int = 9  # RandAugment's magnitude, 0..30
-    rand_augment_group: int = 1      # images that share one draw of RandAugment ops (1: every image its own)
-    label_smoothing: float = 0.1
-    head_dropout: float = 0.1        # dropout before the head
-    head_norm: bool = False          # BatchNorm1d(affine=False) before the Linear head (official MAE probe)
-    head_init_std: float = 2e-5      # head weights ~ trunc normal (MAE: 2e-5 fine-tuning, 0.01 probing)
-    feature_cache: bool = True       # linprobe without augmentation: train the head on cached features
-    checkpoint_every: int = 1        # epochs between checkpoints (and the last epoch)
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_range("base_lr", 0, low_open=True)
-        self.check_range("weight_decay", 0)
-        self.check_range("betas", 0, 1, high_open=True)
-        self.check_range("momentum", 0, 1, high_open=True)
-        self.check_range("label_smoothing", 0, 1, high_open=True)
-        self.check_range("head_dropout", 0, 1, high_open=True)
-        self.check_range("head_init_std", 0, low_open=True)
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.recipe not in RECIPES[self.protocol]:
-            raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES[self.protocol])}")
-        for name in ("epochs", "batch_size", "accum_steps", "rand_augment_group", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size % self.accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in 0..epochs={self.epochs}, got {self.warmup_epochs}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
-        if not isinstance(self.rand_augment_ops, int) or self.rand_augment_ops < 0:
-            raise ValueError(f"rand_augment_ops must be an integer >= 0, got {self.rand_augment_ops!r}")
-        if not 0 <= self.rand_augment_magnitude <= 30:
-            raise ValueError(f"rand_augment_magnitude must lie in 0..30, got {self.rand_augment_magnitude}")
-        for name in ("label_smoothing", "head_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.base_lr <= 0 or self.weight_decay < 0 or self.head_init_std <= 0:
-            raise ValueError("base_lr and head_init_std must be positive and weight_decay >= 0")
-        if self.protocol == "finetune" and self.features != "cls":
-            raise ValueError(f"fine-tuning classifies the CLS token: features must be 'cls', got {self.features!r}")
-
-    @property
-    def metric(self) -> str:
-        return self.protocol
-
-    @property
-    def _name_part(self) -> str:
-        return f"{self.recipe}-e{self.epochs}"
-
-    @property
-    def frozen_encoder(self) -> bool:
-        return self.protocol == "linprobe"
-
-    @property
-    def uses_feature_cache(self) -> bool:
-        """The fast path: a linear probe without augmentation trains on features extracted once."""
-        return (self.frozen_encoder and self.feature_cache and self.augment == "none"
-                and self.rand_augment_ops == 0)
-
-
-@dataclass(frozen=True)
-class KNNConfig(_EvalConfig):
-    """A kNN probe on frozen CLS features: cosine similarity, k neighbours, exp(sim / T) votes."""
-
-    recipe: str = "quick"            # a key of RECIPES["knn"]
-    k: int = KNN_K
-    temperature: float = KNN_TEMPERATURE
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.recipe not in RECIPES["knn"]:
-            raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES['knn'])}")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive integer, got {self.k!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-
-    @property
-    def metric(self) -> str:
-        return "knn"
-
-    @property
-    def _name_part(self) -> str:
-        return f"k{self.k}"
-
-
-def _pretrain_source(pretrain) -> dict | None:
-    """config.json of a pretraining run given as PretrainRun, PretrainConfig, run folder or run name."""
-    from .pretrain import PretrainConfig, PretrainRun
-
-    if pretrain is None:
-        return None
-    if isinstance(pretrain, PretrainRun):
-        pretrain = pretrain.config
-    if isinstance(pretrain, PretrainConfig):
-        return {**pretrain.to_dict(), "run_name": pretrain.run_name}
-    path = Path(pretrain)
-    if not path.is_absolute() and not path.exists():
-        path = runs_dir() / path
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"no pretraining run at {path} (no config.json)")
-    return {**json.loads(config_file.read_text()), "run_name": path.name}
-
-
-def make_eval_config(metric: str, recipe: str = "quick", pretrain=None, *, dataset: str | None = None,
-                     model: str | None = None, **overrides) -> FinetuneConfig | KNNConfig:
-    """A config for ``metric`` (finetune | linprobe | knn) from a recipe and a pretraining run.
-
-    pretrain: a PretrainRun, PretrainConfig, run folder or run name; its dataset, target,
-    model, seed and n_train become the defaults. None: target "none" (random encoder),
-    on ``dataset`` with ``model`` (default: the pretraining recipe of the same name's
-    preset for the dataset). None values in ``overrides`` mean "the recipe's value"; when
-    ``epochs`` is overridden and ``warmup_epochs`` is not, warm-up keeps the recipe's share
-    of the schedule (paper fine-tuning: 5 of 100 epochs, so 0.5 of 10).
-    """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    source = _pretrain_source(pretrain)
-    values: dict = {}
-    if source is None:
-        from .pretrain import make_config
-
-        from .pretrain import RECIPES as PRETRAIN_RECIPES
-
-        dataset = dataset or "synthetic"
-        values.update(dataset=dataset, target=NO_TARGET, pretrain_run=None,
-                      model=model or make_config(recipe if recipe in PRETRAIN_RECIPES else "quick", dataset).model)
-    else:
-        for name, given in (("dataset", dataset), ("model", model)):
-            if given is not None and given != source[name]:
-                raise ValueError(f"{name}={given!r} but pretraining run {source['run_name']} used {source[name]!r}")
-        values.update(dataset=source["dataset"], target=str(parse_target(source["target"])),
-                      pretrain_run=source["run_name"], model=source["model"], seed=source["seed"],
-                      n_train=source.get("n_train"))
-    if recipe not in RECIPES[metric]:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES[metric])}")
-    recipe_values = RECIPES[metric][recipe]
-    values.update(recipe_values)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if metric == "knn":
-        return KNNConfig(recipe=recipe, **values)
-    if overrides.get("epochs") is not None and overrides.get("warmup_epochs") is None:
-        # a shorter or longer schedule keeps the recipe's share of warm-up
-        values["warmup_epochs"] = recipe_values["warmup_epochs"] * values["epochs"] / recipe_values["epochs"]
-    return FinetuneConfig(protocol=metric, recipe=recipe, **values)
-
-
 # ---------------------------------------------------------------- data and protocol
-
-
-def validation_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded split of training-split indices: (train_idx, val_idx), sorted int64.
-
-    labels: (N,) class indices of the *training* split (never the test split). Each class
-    c with n_c >= 2 images gives round(fraction * n_c) of them, clipped to 1..n_c - 1, to
-    validation; a class with one image stays in training. The same seed gives the same split.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.size < 2:
-        raise ValueError(f"labels must be a 1-D array of at least 2 class indices, got shape {labels.shape}")
-    if (labels < 0).any():
-        raise ValueError("labels contain -1 (unlabelled images); a validation split needs labelled images")
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        if len(members) < 2:
-            continue
-        n_val = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
-        val.append(rng.permutation(members)[:n_val])
-    if not val:
-        raise ValueError("no class has two images: nothing can be held out for validation")
-    val_idx = np.sort(np.concatenate(val)).astype(np.int64)
-    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx).astype(np.int64)
-    return train_idx, val_idx
 
 
 @dataclass
@@ -460,8 +151,6 @@ def load_pretrained_encoder(run_dir: str | os.PathLike, model: str | None = None
     the folder, its config or its checkpoint is missing, when the run is unfinished, or when
     the weights do not fit (missing, unexpected or misshaped keys): never a random encoder.
     """
-    from .pretrain import PretrainConfig, is_finished
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"no pretraining run at {run_dir} (no config.json); pretrain it first")
@@ -480,42 +169,6 @@ def load_pretrained_encoder(run_dir: str | os.PathLike, model: str | None = None
     encoder = build_mae(config.model).encoder
     load_weights(encoder, ckpt, prefix="encoder.")
     return encoder, raw
-
-
-def build_head(embed_dim: int, num_classes: int, *, norm: bool, init_std: float, seed: int) -> nn.Module:
-    """Linear head (N, D) -> (N, classes), weights ~ trunc normal(init_std) from ``seed``, bias 0;
-    with ``norm``: BatchNorm1d(D, affine=False, eps=1e-6) before it (official MAE linear probe)."""
-    linear = nn.Linear(embed_dim, num_classes)
-    nn.init.trunc_normal_(linear.weight, std=init_std, generator=torch.Generator().manual_seed(seed))
-    nn.init.zeros_(linear.bias)
-    if not norm:
-        return linear
-    return nn.Sequential(nn.BatchNorm1d(embed_dim, affine=False, eps=1e-6), linear)
-
-
-class LinearProbe(ViTClassifier):
-    """A :class:`ViTClassifier` whose encoder is frozen: no gradients, always in eval mode.
-
-    ``train()`` switches only the head; the encoder runs under ``torch.no_grad``.
-    """
-
-    def __init__(self, encoder: ViTEncoder, head: nn.Module, pooling: str = "cls") -> None:
-        super().__init__(encoder, num_classes=1)
-        self.head = head
-        self.pooling = pooling
-        encoder.requires_grad_(False)
-        encoder.eval()
-
-    def train(self, mode: bool = True) -> LinearProbe:
-        super().train(mode)
-        self.encoder.eval()
-        return self
-
-    def forward(self, imgs: Tensor) -> Tensor:
-        """imgs: (N, C, H, W) -> logits (N, num_classes)."""
-        with torch.no_grad():
-            features = self.encoder.pooled_features(imgs, self.pooling)
-        return self.head(self.head_drop(features))
 
 
 def build_classifier(encoder: ViTEncoder, num_classes: int, config: FinetuneConfig,
@@ -565,65 +218,6 @@ def augment_batch(images: Tensor, config: FinetuneConfig, generator: torch.Gener
     return augment(images, config.augment, generator)
 
 
-@torch.no_grad()
-def _batched(fn, inputs: Tensor, batch_size: int, device: torch.device, precision: str) -> Tensor:
-    """fn over ``inputs`` in batches (each moved to ``device``) under autocast; float32 outputs, concatenated."""
-    outs = []
-    for chunk in inputs.split(batch_size):
-        with autocast(device, precision):
-            outs.append(fn(chunk.to(device, non_blocking=True)).float())
-    return torch.cat(outs)
-
-
-def extract_features(encoder: ViTEncoder, images: Tensor, *, batch_size: int = 256,
-                     device: torch.device | str = "cpu", precision: str = "fp32", pooling: str = "cls") -> Tensor:
-    """Features of uint8 images (N, C, H, W) by ``pooling`` (default the CLS token): (N, F)
-    float32, in eval mode, without gradients."""
-    return extract_pooled(encoder, images, (pooling,), batch_size=batch_size, device=device,
-                          precision=precision)[pooling]
-
-
-def extract_pooled(encoder: ViTEncoder, images: Tensor, poolings=POOLINGS, *, batch_size: int = 256,
-                   device: torch.device | str = "cpu", precision: str = "fp32") -> dict[str, Tensor]:
-    """Every pooling of ``poolings`` from one forward pass per batch: {pooling: (N, F) float32}."""
-    poolings = tuple(poolings)
-    was_training = encoder.training
-    encoder.eval()
-
-    def pooled(x_u8: Tensor) -> Tensor:
-        tokens = encoder.forward_features(normalize(x_u8.float() / 255))
-        return torch.cat([pool_tokens(tokens, p) for p in poolings], dim=1)
-
-    joined = _batched(pooled, images, batch_size, torch.device(device), precision)
-    encoder.train(was_training)
-    widths = [encoder.feature_dim(p) for p in poolings]
-    return dict(zip(poolings, joined.split(widths, dim=1)))
-
-
-def choose_pooling(train: dict[str, Tensor], train_labels: Tensor, val: dict[str, Tensor], val_labels: Tensor,
-                   num_classes: int, *, by: str = "linear") -> tuple[str, dict[str, float]]:
-    """The pooling whose features classify the validation part best, and every pooling's score.
-
-    train, val: {pooling: features} of the training and validation parts. by="linear":
-    softmax regression fitted to convergence by L-BFGS (:func:`lowvar_mae.analysis.linear_accuracy`,
-    deterministic); by="knn": :func:`knn_accuracy`. Ties go to the first pooling in order.
-    The test split is never looked at.
-    """
-    from .analysis import LinearConfig, linear_accuracy
-
-    if by not in ("linear", "knn"):
-        raise ValueError(f"by must be 'linear' or 'knn', got {by!r}")
-    scores = {}
-    for pooling in train:
-        if by == "knn":
-            scores[pooling] = knn_accuracy(train[pooling], train_labels, val[pooling], val_labels,
-                                           num_classes=num_classes)
-        else:
-            scores[pooling] = linear_accuracy(train[pooling], train_labels, val[pooling], val_labels, num_classes,
-                                              LinearConfig(weight_decay=1e-4, max_iter=200))["test_accuracy"]
-    return max(scores, key=scores.get), scores
-
-
 def _accuracy_and_loss(fn, inputs: Tensor, labels: Tensor, batch_size: int, device: torch.device,
                        precision: str) -> tuple[float, float]:
     logits = _batched(fn, inputs, batch_size, device, precision)
@@ -633,38 +227,6 @@ def _accuracy_and_loss(fn, inputs: Tensor, labels: Tensor, batch_size: int, devi
 
 
 # ---------------------------------------------------------------- kNN
-
-
-def knn_votes(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, *, k: int = KNN_K,
-              T: float = KNN_TEMPERATURE, num_classes: int, batch_size: int = 1024) -> Tensor:
-    """Weighted kNN votes (M, num_classes), as in DINO's ``knn_classifier``.
-
-    Features are L2-normalised; each test row takes its k most cosine-similar training
-    rows and adds exp(similarity / T) to the vote of each neighbour's class. Batched over
-    test rows: memory (batch_size, N_train).
-    """
-    if k > len(train_feats):
-        raise ValueError(f"k={k} neighbours but only {len(train_feats)} training features")
-    bank = F.normalize(train_feats.float(), dim=1)
-    train_labels = train_labels.to(bank.device)
-    votes = []
-    for chunk in test_feats.split(batch_size):
-        sims, idx = (F.normalize(chunk.float().to(bank.device), dim=1) @ bank.T).topk(k, dim=1)
-        weights = (sims / T).exp()
-        v = torch.zeros(len(chunk), num_classes, device=bank.device)
-        votes.append(v.scatter_add_(1, train_labels[idx], weights))
-    return torch.cat(votes)
-
-
-def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
-                 k: int = KNN_K, T: float = KNN_TEMPERATURE, num_classes: int | None = None,
-                 batch_size: int = 1024) -> float:
-    """Top-1 accuracy of :func:`knn_votes` (cosine similarity, k=20, T=0.07 by default)."""
-    if num_classes is None:
-        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    votes = knn_votes(train_feats, train_labels, test_feats, k=k, T=T, num_classes=num_classes,
-                      batch_size=batch_size)
-    return float((votes.argmax(1) == test_labels.to(votes.device)).float().mean())
 
 
 # ---------------------------------------------------------------- fine-tuning and linear probing
@@ -992,8 +554,6 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
     scored once, with the chosen penalty. Writes a record of kind "baseline" unless one of
     the same setting exists (then that record's fields are returned).
     """
-    from .analysis import LinearConfig, choose_weight_decay, linear_accuracy
-
     setting = {"dataset": dataset, "target": "raw-pixels", "metric": "linear", "seed": seed, "n_train_subset": n_train,
                "n_test_subset": n_test, "val_fraction": val_fraction, "weight_decays": list(weight_decays),
                "max_iter": max_iter}
@@ -1022,7 +582,6 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
     return fields_
 
 
-__all__ = ["FinetuneConfig", "KNNConfig", "EvalResult", "Splits", "LinearProbe", "RECIPES",
-           "make_eval_config", "validation_split", "load_splits", "random_encoder", "load_pretrained_encoder",
-           "build_head", "build_classifier", "rand_augment", "augment_batch", "extract_features", "knn_votes",
-           "knn_accuracy", "fit_classifier", "knn_probe", "evaluate"]
+__all__ = ["RECORD_KIND", "EvalResult", "Splits", "load_splits", "random_encoder", "load_pretrained_encoder",
+           "build_classifier", "rand_augment", "augment_batch", "fit_classifier", "knn_probe", "pretrain_provenance",
+           "has_record", "evaluate", "BASELINE_KIND", "pixel_linear_probe"]

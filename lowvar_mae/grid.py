@@ -32,12 +32,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import evaluate as ev
-from .analysis import LEARNING_ORDER_KIND, band_hook, learning_order_fields
 from .data import DATASETS
-from .evaluate import METRICS, NO_TARGET, RECIPES as EVAL_RECIPES, evaluate, has_record, make_eval_config
-from .pretrain import RECIPES as PRETRAIN_RECIPES, make_config, pretrain
+from .evaluate import evaluate, has_record
+from .learning_order import LEARNING_ORDER_KIND, band_hook, learning_order_fields
+from .pretrain import pretrain
 from .provenance import device_info, require_clean, runs_dir
+from .recipes import (EVAL_RECIPES, METRICS, NO_TARGET, PRETRAIN_RECIPES, FinetuneConfig, KNNConfig, make_config,
+                      make_eval_config)
 from .results import load_records, write_record
 from .targets import parse_target
 
@@ -146,7 +147,7 @@ def _model(cell: Cell) -> str:
 def eval_config(cell: Cell):
     """The cell's evaluation config (on its pretraining run, or on the random encoder)."""
     source = pretrain_config(cell)
-    kind = ev.KNNConfig if cell.metric == "knn" else ev.FinetuneConfig
+    kind = KNNConfig if cell.metric == "knn" else FinetuneConfig
     names = {f.name for f in fields(kind)}
     overrides = {k: v for k, v in cell.eval_overrides if k in names}  # e.g. batch_size: not for kNN
     if source is None:  # the random encoder sees the images pretraining would have seen
@@ -191,10 +192,12 @@ def estimate_seconds(cells: Iterable[Cell], records) -> dict[Cell, tuple[float |
         if cell.target != NO_TARGET and key not in pretrained:
             pretrained.add(key)
             pre = use[use["target"] != NO_TARGET]
-            if "pretrain_seconds" in pre and "pretrain_epochs" in pre:
-                per_epoch = (pre["pretrain_seconds"] / pre["pretrain_epochs"]).dropna()
-                if len(per_epoch):  # pretraining time grows with the epochs asked for
-                    seconds += float(per_epoch.median()) * epochs
+            per_epoch = (pre["pretrain_seconds"] / pre["pretrain_epochs"]).dropna() \
+                if "pretrain_seconds" in pre and "pretrain_epochs" in pre else []
+            if len(per_epoch):  # pretraining time grows with the epochs asked for
+                seconds += float(per_epoch.median()) * epochs
+            elif "pretrain_seconds" in pre and pre["pretrain_seconds"].notna().any():  # lengths unknown
+                seconds += float(pre["pretrain_seconds"].dropna().median())
         out[cell] = (seconds, source)
     return out
 

@@ -161,7 +161,7 @@ PRESETS: dict[str, MAEConfig] = {
     # The CPU protocol's model (recipe "cpu"): the ViT-Tiny width and heads on 64 patches
     # of 4x4, half the encoder depth and a 2-block decoder of the encoder's width,
     # about 3.6 M parameters. Sized so that pretraining on all 50,000 CIFAR-10 images
-    # fits the recipe's budget on a 2-core CPU (see lowvar_mae.pretrain.RECIPES).
+    # fits the recipe's budget on a 2-core CPU (see lowvar_mae.recipes.PRETRAIN_RECIPES).
     "cpu-cifar": MAEConfig(
         img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, qkv_bias=False,
         decoder_depth=2, decoder_num_heads=3, mask_ratio=0.75, pos_embed="learned"),
@@ -517,3 +517,33 @@ def build_mae(config_or_preset_name: MAEConfig | str, **overrides: Any) -> MAE:
     else:
         config = replace(config_or_preset_name, **overrides)
     return MAE(config)
+
+
+# ---------------------------------------------------------------- timm's VisionTransformer
+
+# The architecture timm's create_model builds an encoder of this file from: a named ViT whose
+# size is overridden by timm_kwargs (pretrained=False: nothing is downloaded).
+TIMM_ARCH = "vit_tiny_patch16_224"
+
+
+def timm_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
+    """Keyword arguments of timm's ``VisionTransformer`` (``timm.create_model(TIMM_ARCH,
+    pretrained=False, **kwargs)``) with the same computation as ``encoder``: its image
+    and patch size, width, depth, heads; a CLS token without position embedding
+    (``no_embed_class``), the final norm, no head (``num_classes=0``), CLS pooling."""
+    block = encoder.blocks[0]
+    return {"img_size": encoder.img_size, "patch_size": encoder.patch_size, "in_chans": encoder.in_chans,
+            "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": block.attn.num_heads,
+            "mlp_ratio": block.mlp.fc1.out_features / encoder.embed_dim, "qkv_bias": block.attn.qkv.bias is not None,
+            "class_token": True, "no_embed_class": True, "global_pool": "token", "num_classes": 0}
+
+
+def timm_state_dict(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
+    """The encoder's weights under the names of timm's ``VisionTransformer`` (a fixed sincos
+    position table is written out as ``pos_embed``), contiguous float32 CPU tensors."""
+    state = {}
+    for name, tensor in encoder.state_dict().items():
+        key = name.replace("patch_embed.", "patch_embed.proj.", 1) if name.startswith("patch_embed.") else name
+        state[key] = tensor
+    state["pos_embed"] = encoder.pos_embed.detach()
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}

@@ -628,3 +628,92 @@ def basis_from_summary(summary: dict) -> PCABasis:
         components=torch.as_tensor(comps), image_shape=tuple(summary["image_shape"]),
         n_samples=int(summary["n_samples"]), method=f"{summary['method']} (record, {summary['k']} components)",
         dataset=summary.get("dataset", ""), split=summary.get("split", "train"), source=summary.get("source", ""))
+
+
+# ---------------------------------------------------------------- variance of subspaces
+
+
+def total_variance(images: Tensor, batch_size: int = 4096) -> float:
+    """Sum over pixels of the per-pixel variance across images (N - 1 in the denominator).
+
+    images: (N, C, H, W) or (N, D), float (or uint8, read as [0, 1]); accumulated in
+    float64 batch by batch, two passes (mean, then squared deviations).
+    """
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"variance needs at least 2 images, got {n}")
+    flat = images.flatten(1)
+    mean = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+    for i in range(0, n, batch_size):
+        mean += as_unit_float(flat[i:i + batch_size], torch.float64).sum(0)
+    mean /= n
+    sq = torch.zeros((), dtype=torch.float64, device=flat.device)
+    for i in range(0, n, batch_size):
+        sq += ((as_unit_float(flat[i:i + batch_size], torch.float64) - mean) ** 2).sum()
+    return float(sq) / (n - 1)
+
+
+def kept_variance_share(projected: Tensor, original: Tensor) -> float:
+    """Share of the original images' total pixel variance that their projections keep.
+
+    projected, original: (N, C, H, W) the same images after and before projection.
+    On the images the basis was fitted on this is the cumulative eigenvalue share of the
+    kept components; on other images (a test split) it is measured, not assumed.
+    """
+    if projected.shape != original.shape:
+        raise ValueError(f"projected {tuple(projected.shape)} and original {tuple(original.shape)} differ in shape")
+    return total_variance(projected) / total_variance(original)
+
+
+def subspace_dim(basis: PCABasis, side: str, share: float | None) -> int:
+    """Dimension of the subspace: n_components(share, side); all D pixels for side 'full'."""
+    return basis.dim if side == "full" else basis.n_components(share, side)
+
+
+def eigen_share(basis: PCABasis, side: str, share: float | None) -> float:
+    """Share of the training variance the subspace holds by the eigenvalues (1 for 'full')."""
+    if side == "full":
+        return 1.0
+    k = basis.n_components(share, side)
+    return float(basis.cumulative_share(side)[k - 1]) if k > 0 else 0.0
+
+
+def project_split(images: Tensor, basis: PCABasis, side: str, share: float | None, *,
+                  method: str = "complement") -> Tensor:
+    """images: (N, C, H, W) uint8 or float in [0, 1] -> projections (mean image added), in the
+    images' float dtype (float32 for uint8). side 'full' returns the images as floats."""
+    x = as_unit_float(images, images.dtype if images.is_floating_point() else torch.float32)
+    return x if side == "full" else project(x, basis, side, share, method=method)
+
+
+def pca_coordinates(images: Tensor, basis: PCABasis, batch_size: int = 4096) -> Tensor:
+    """images: (N, C, H, W) uint8 or float in [0, 1] -> (N, K) float32 coordinates
+    ``(x - mean) @ components`` on the K stored components, batch by batch."""
+    basis.check_images(images)
+    mean = basis.mean.to(device=images.device, dtype=torch.float32)
+    comps = basis.components.to(device=images.device, dtype=torch.float32)
+    return torch.cat([(as_unit_float(images[i:i + batch_size]).flatten(1) - mean) @ comps
+                      for i in range(0, len(images), batch_size)])
+
+
+def subspace_columns(basis: PCABasis, side: str, share: float | None) -> slice:
+    """Which coordinates of :func:`pca_coordinates` span the subspace.
+
+    top p: the first n(top, p); bottom q: the stored components outside the top-(1 - q)
+    subspace, i.e. the bottom-q subspace within the training span (the directions a
+    Gram-path basis does not store carry no training variance, so a classifier fitted on
+    the training images gives them no weight anyway); full: all stored components.
+    """
+    if side != "full":
+        check_share(share)
+    seen = int((basis.eigenvalues > 0).sum())
+    if basis.n_stored < seen:
+        raise ValueError(f"the basis stores {basis.n_stored} of the {seen} components with non-zero variance; "
+                         "subspace coordinates need all of them (fit without n_components)")
+    if side == "full":
+        return slice(0, basis.n_stored)
+    if side == "top":
+        return slice(0, basis.n_components(share, "top"))
+    if side == "bottom":
+        return slice(basis.dim - basis.n_components(share, "bottom"), basis.n_stored)
+    raise ValueError(f"side must be 'full', 'top' or 'bottom', got {side!r}")

@@ -174,3 +174,66 @@ def plot_curves(frames: Mapping[str, "object"], y: str = "loss", x: str = "epoch
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_subspace_accuracy(frame, classifier: str | None = None, ax=None):
+    """Test accuracy against the share of variance kept (measured on the test images): one
+    curve for top and one for bottom subspaces per classifier, the full-image accuracy as a
+    horizontal line, chance as a dotted line. frame: rows of :func:`classify_subspaces`."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.0))
+    names = [classifier] if classifier else list(dict.fromkeys(frame["classifier"]))
+    for i, name in enumerate(names):
+        part = frame[frame["classifier"] == name]
+        for side, marker, ls in (("top", "o", "-"), ("bottom", "s", "--")):
+            rows = part[part["side"] == side].sort_values("kept_share_test")
+            if len(rows):
+                ax.plot(rows["kept_share_test"], rows["test_accuracy"], marker=marker, ls=ls, color=f"C{i}",
+                        label=f"{name}: {side} subspace")
+        full = part[part["side"] == "full"]
+        if len(full):
+            ax.axhline(float(full["test_accuracy"].iloc[0]), color=f"C{i}", lw=1, ls=":",
+                       label=f"{name}: full image")
+    if len(frame):
+        ax.axhline(float(frame["chance"].iloc[0]), color="grey", lw=0.8, ls=(0, (1, 3)), label="chance")
+    ax.set_xlabel("share of pixel variance kept (test images)")
+    ax.set_ylabel("test accuracy")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_learning_order(frames: dict, ax_width: float = 4.2):
+    """One panel per target: each band's relative error against epoch, top band darkest.
+
+    frames: target name -> long DataFrame of :func:`band_metrics`.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = max(1, len(frames))
+    fig, axes = plt.subplots(1, n, figsize=(ax_width * n, 3.6), squeeze=False, sharey=True)
+    for ax, (name, frame) in zip(axes[0], frames.items()):
+        bands = sorted(frame["band"].unique()) if len(frame) else []
+        cmap = plt.get_cmap("viridis")
+        for b in bands:
+            rows = frame[frame["band"] == b].sort_values("epoch")
+            if rows["rel_error"].notna().any():
+                ax.plot(rows["epoch"], rows["rel_error"], marker=".", color=cmap(b / max(1, len(bands) - 1)),
+                        label=rows["band_label"].iloc[0])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("squared error / data variance in band")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, title="band (from the top)", fontsize=7, title_fontsize=8,
+                   loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig

@@ -1,9 +1,12 @@
-"""MAE pretraining runs: a config, a run folder named from it, and the loop that fills it.
+"""MAE pretraining runs: a run folder named from its config, and the loop that fills it.
 
-A run folder holds ``config.json``, ``provenance.json`` (versions, git revision, device,
-seed), ``metrics.jsonl`` (one line per epoch), the latest checkpoint (safetensors),
-``recon/epoch-NNNN.safetensors`` (reconstructions of a fixed test batch) and, when the
-run is finished, ``summary.json``. Running a finished config again loads it.
+The config and the recipes are ``lowvar_mae.recipes`` (:class:`PretrainConfig`,
+``make_config``). A run folder holds ``config.json``, ``provenance.json`` (versions, git
+revision, device, seed, and every later start of a resumed run), ``metrics.jsonl`` (one
+line per epoch: loss, the cores other processes kept busy, the calibration probe of
+``lowvar_mae.probes.validation_probe`` every ``probe_every`` epochs), the latest checkpoint
+(safetensors), ``recon/epoch-NNNN.safetensors`` (reconstructions of a fixed test batch)
+and, when the run is finished, ``summary.json``. Running a finished config again loads it.
 """
 
 from __future__ import annotations
@@ -21,134 +24,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import latest_checkpoint, load_weights, open_run_folder, replace_run, staging_dir, unwrap
-from .config import RunConfig
-from .data import DATASETS, load_dataset
-from .models import MAE, build_mae, get_config, set_attention
+from .data import load_dataset
+from .models import MAE, build_mae, set_attention
+from .probes import validation_probe
 from .provenance import OtherLoad, atomic_write_json, runs_dir
+from .recipes import PretrainConfig
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
-from .pca import BOTTOM_METHODS as PCA_METHODS
-from .train import (ATTENTIONS, AUGMENTATIONS, PRECISIONS, DeviceData, LoopConfig, augment, build_optimizer, denormalize,
-                    fits_on, init_distributed, normalize, read_metrics, resolve_attention, resolve_device,
-                    resolve_precision, scaled_lr, train_loop)
-
-# Recipes: the presentation's numbers ("paper") and a CPU-minutes one ("quick").
-# Units: epochs over the training split; batch = images per optimiser step (all GPUs).
-RECIPES: dict[str, dict] = {
-    "paper": dict(epochs=400, warmup_epochs=40, batch_size=512, base_lr=1.5e-4, weight_decay=0.05,
-                  betas=(0.9, 0.95), model_size="vit-tiny"),
-    "quick": dict(epochs=8, warmup_epochs=1, batch_size=128, base_lr=1e-3, weight_decay=0.05,
-                  betas=(0.9, 0.95), model_size="small"),
-    # The CPU protocol: every training image, a ViT of the ViT-Tiny width on 64 patches
-    # ("cpu-cifar", 3.6 M parameters), bf16 where the CPU has it. On a 2-core AVX512-BF16
-    # CPU it runs at about 570 images/s, 88 s an epoch of CIFAR-10's 50,000 images, so
-    # the 6 epochs take about 9 minutes (about 3x that on AVX2, in fp32). A short schedule
-    # learns fast only with a higher learning rate than the paper's (peak 1e-3 at batch
-    # 256, against 3e-4 at batch 512). probe_every: a linear probe on the validation split
-    # every 2 epochs, the protocol's calibration curve (it does not change the weights).
-    "cpu": dict(epochs=6, warmup_epochs=1, batch_size=256, base_lr=1e-3, weight_decay=0.05,
-                betas=(0.9, 0.95), augment="flip", probe_every=2, model_size="cpu"),
-    # The same protocol on a GPU: the presentation's ViT-Tiny and optimiser, 100 epochs
-    # (a quarter of its schedule, warm-up scaled with it), probed every 10 epochs.
-    "gpu": dict(epochs=100, warmup_epochs=10, batch_size=512, base_lr=1.5e-4, weight_decay=0.05,
-                betas=(0.9, 0.95), augment="flip", probe_every=10, model_size="vit-tiny"),
-}
-# Model preset by recipe size and image size.
-MODEL_PRESETS = {("vit-tiny", 32): "vit-tiny-cifar", ("vit-tiny", 96): "vit-tiny-stl",
-                 ("small", 32): "small-cifar", ("small", 96): "small-stl", ("cpu", 32): "cpu-cifar"}
-
-
-@dataclass(frozen=True)
-class PretrainConfig(RunConfig):
-    """Everything that defines a pretraining run. Papermill parameters map onto these fields."""
-
-    dataset: str = "synthetic"
-    target: str = "pixels"          # pixels | norm-pix | pca-bottom:<q> | pca-top:<p> | fft-*:<r> | pc-mask
-    recipe: str = "quick"
-    model: str = "small-cifar"      # a preset of lowvar_mae.models
-    epochs: int = 8
-    warmup_epochs: float = 1
-    batch_size: int = 128           # images per optimiser step
-    accum_steps: int = 1            # micro-batches per step (gradient accumulation)
-    base_lr: float = 1e-3           # lr = base_lr * batch_size / 256
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    mask_ratio: float = 0.75        # share of patches hidden; 0 (every patch seen) only with pc-mask
-    augment: str = "none"           # none (as in the original work) | flip | crop-flip (as in MAE)
-    n_train: int | None = None      # use a seeded subset of the training split
-    pca_method: str = "complement"  # how bottom targets are computed (lowvar_mae.pca)
-    precision: str = "auto"         # auto | fp32 | bf16
-    attention: str = "auto"         # auto | sdpa | math (lowvar_mae.train.resolve_attention)
-    compile: bool = False
-    seed: int = 0
-    recon_every: int = 0            # save reconstructions every k epochs (0: first and last only)
-    probe_every: int = 0            # linear probe on the validation split every k epochs (0: never)
-
-    NOT_IN_NAME = ("compile", "attention", "probe_every")  # do not change what is learned
-
-    def __post_init__(self):
-        self.check_types()
-        self.check_range("base_lr", 0, low_open=True)
-        self.check_range("weight_decay", 0)
-        self.check_range("betas", 0, 1, high_open=True)
-        self.check_range("seed", 0)
-        if self.n_train is not None and self.n_train < 2:
-            raise ValueError(f"n_train must be None or an integer >= 2, got {self.n_train!r}")
-        if self.pca_method not in PCA_METHODS:
-            raise ValueError(f"pca_method must be one of {PCA_METHODS}, got {self.pca_method!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(DATASETS)}")
-        spec = parse_target(self.target)
-        if self.mask_ratio == 0 and not spec.masks_components:
-            raise ValueError(f"mask_ratio 0 hides no patch, so target {self.target!r} would be copied from the input; "
-                             "it is only allowed with target pc-mask (which masks components instead)")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
-        get_config(self.model, mask_ratio=self.mask_ratio)
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        for name in ("epochs", "batch_size", "accum_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("recon_every", "probe_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if self.batch_size % self.accum_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in 0..epochs={self.epochs}, got {self.warmup_epochs}")
-
-    @property
-    def run_name(self) -> str:
-        """Readable prefix plus a hash of every field that changes what is learned."""
-        digest = self.digest()
-        target = self.target.replace(":", "")
-        return f"pretrain-{self.dataset}-{target}-{self.recipe}-e{self.epochs}-s{self.seed}-{digest}"
-
-
-def make_config(recipe: str = "quick", dataset: str = "synthetic", target: str = "pixels", **overrides) -> PretrainConfig:
-    """A PretrainConfig from a recipe's numbers, the dataset's model preset and overrides.
-
-    None values in ``overrides`` mean "the recipe's value" (handy for notebook parameters).
-    """
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}")
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-    values = dict(RECIPES[recipe])
-    size = values.pop("model_size")
-    key = (size, DATASETS[dataset].image_shape[0])
-    if key not in MODEL_PRESETS and overrides.get("model") is None:
-        raise ValueError(f"recipe {recipe!r} has no model preset for {dataset} ({key[1]}x{key[1]} images); "
-                         f"give model=..., one of {sorted(set(MODEL_PRESETS.values()))}")
-    values["model"] = MODEL_PRESETS.get(key)
-    if parse_target(target).masks_components:
-        values["mask_ratio"] = 0.0  # PC masking replaces patch masking (PMAE's setting)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PretrainConfig(dataset=dataset, target=target, recipe=recipe, **values)
+from .train import (DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on, init_distributed, normalize,
+                    read_metrics, resolve_attention, resolve_device, resolve_precision, scaled_lr, train_loop)
 
 
 @dataclass
@@ -338,44 +221,6 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
             replace_run(run_dir, final_dir)
             run_dir = final_dir
     return PretrainRun(run_dir, config, model, metrics, trained_now=True)
-
-
-# Images of the calibration probe: a seeded subset of the training part of the evaluation's
-# validation split (10% of the training split, as lowvar_mae.evaluate cuts it), and all of
-# its validation part. The test split is never looked at during pretraining.
-PROBE_TRAIN_IMAGES = 10_000
-
-
-def validation_probe(images: torch.Tensor, labels, *, seed: int, device: torch.device, precision: str,
-                     n_train: int = PROBE_TRAIN_IMAGES, val_fraction: float = 0.1) -> Callable:
-    """``probe(encoder) -> {pooling: validation accuracy}``: softmax regression (L-BFGS, to
-    convergence) on each pooling of the frozen encoder's features (lowvar_mae.models.POOLINGS),
-    fitted on up to ``n_train`` images of the training part and scored on the validation part.
-
-    images: the pretraining images, uint8 (N, C, H, W); labels: their (N,) labels. Runs no
-    random draw of torch's, so probing does not change what pretraining learns.
-    """
-    import numpy as np
-
-    from .analysis import LinearConfig, linear_accuracy
-    from .evaluate import extract_pooled, validation_split
-
-    labels = np.asarray(labels)
-    train_idx, val_idx = validation_split(labels, val_fraction, seed)
-    if len(train_idx) > n_train:
-        train_idx = np.sort(np.random.default_rng(seed).choice(train_idx, size=n_train, replace=False))
-    parts = {name: (images[torch.as_tensor(idx, device=images.device)], torch.as_tensor(labels[idx]))
-             for name, idx in (("train", train_idx), ("val", val_idx))}
-    num_classes = int(labels.max()) + 1
-
-    def probe(encoder) -> dict[str, float]:
-        feats = {name: extract_pooled(encoder, x, batch_size=512, device=device, precision=precision)
-                 for name, (x, _) in parts.items()}
-        return {p: linear_accuracy(feats["train"][p], parts["train"][1], feats["val"][p], parts["val"][1],
-                                   num_classes, LinearConfig(weight_decay=1e-4, max_iter=200))["test_accuracy"]
-                for p in feats["train"]}
-
-    return probe
 
 
 def probe_curve(run_dir: str | Path) -> list[dict]:

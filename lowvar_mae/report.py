@@ -87,7 +87,7 @@ def protocol_records(records, dataset: str, recipe: str, epochs: int | str | Non
         return records
     df = records[(records["dataset"] == dataset) & (records["recipe"] == recipe)].copy()
     if epochs == "recipe":
-        from .pretrain import RECIPES
+        from .recipes import PRETRAIN_RECIPES as RECIPES
 
         epochs = RECIPES[recipe]["epochs"] if recipe in RECIPES else None
     if epochs is not None and "pretrain_epochs" in df:
@@ -525,13 +525,14 @@ __all__ = ["protocol_records", "summary_table", "t_interval", "paired_difference
 
 def current_subspace_records(records, dataset: str = "cifar10"):
     """The subspace records of ``dataset`` made with today's settings of each classifier:
-    the linear fits of ``analysis.SUBSPACE_LINEAR`` (penalty chosen on validation, fitted to
-    convergence) and the conv nets of ``analysis.ConvNetConfig()``. Older records (other
+    the linear fits of ``probes.SUBSPACE_LINEAR`` (penalty chosen on validation, fitted to
+    convergence) and the conv nets of ``curve.ConvNetConfig()``. Older records (other
     settings) stay in the results folder and out of the curves."""
     import json
     from dataclasses import asdict
 
-    from .analysis import SUBSPACE_LINEAR, ConvNetConfig
+    from .curve import ConvNetConfig
+    from .probes import SUBSPACE_LINEAR
 
     if records is None or not len(records) or "classifier" not in records:
         return records.iloc[:0] if records is not None else None

@@ -118,7 +118,7 @@ def crossing(epochs, mean_differences) -> float | None:
 
 
 def band_crossings(band_frame, level: float = MEAN_IMAGE_LEVEL):
-    """For a long frame of band errors (``analysis.band_metrics``): per band, the error at
+    """For a long frame of band errors (``learning_order.band_metrics``): per band, the error at
     the first and last measured epoch and the first epoch at which it is below ``level``
     (None: never). Empty bands (no eigen-direction) are left out."""
     import pandas as pd

@@ -39,7 +39,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from lowvar_mae.plots import dataset_note, glue, plot_curves, reconstruction_grid
-from lowvar_mae.pretrain import make_config, masked_relative_error, pretrain
+from lowvar_mae.pretrain import masked_relative_error, pretrain
+from lowvar_mae.recipes import make_config
 
 spec = f"{target}:{share:g}" if target.startswith("pca-") and ":" not in target else target
 

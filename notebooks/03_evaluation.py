@@ -49,9 +49,10 @@ from IPython.display import Markdown, display
 
 from lowvar_mae import grid, report, schedule, verdicts
 from lowvar_mae.data import DATASETS
-from lowvar_mae.evaluate import RECIPES as EVAL_RECIPES, evaluate, make_eval_config
+from lowvar_mae.evaluate import evaluate
 from lowvar_mae.models import build_mae
-from lowvar_mae.pretrain import RECIPES as PRETRAIN_RECIPES, make_config, pretrain
+from lowvar_mae.pretrain import pretrain
+from lowvar_mae.recipes import EVAL_RECIPES, PRETRAIN_RECIPES, make_config, make_eval_config
 from lowvar_mae.reference import target_label
 from lowvar_mae.results import load_records
 

@@ -60,8 +60,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from lowvar_mae import report
-from lowvar_mae.analysis import ConvNetConfig, plot_subspace_accuracy, subspace_classification
-from lowvar_mae.plots import dataset_note, glue
+from lowvar_mae.curve import ConvNetConfig, subspace_classification
+from lowvar_mae.plots import dataset_note, glue, plot_subspace_accuracy
 from lowvar_mae.results import load_records
 
 # %% [markdown]

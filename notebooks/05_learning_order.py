@@ -46,11 +46,11 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from lowvar_mae import pca, schedule
-from lowvar_mae.analysis import (LEARNING_ORDER_KIND, band_metrics, learning_order_records, learning_order_run,
-                                 plot_learning_order, read_band_metrics)
 from lowvar_mae.data import load_dataset
-from lowvar_mae.plots import dataset_note, glue
-from lowvar_mae.pretrain import RECIPES as PRETRAIN_RECIPES, make_config
+from lowvar_mae.learning_order import (LEARNING_ORDER_KIND, band_metrics, learning_order_records, learning_order_run,
+                                       read_band_metrics)
+from lowvar_mae.plots import dataset_note, glue, plot_learning_order
+from lowvar_mae.recipes import PRETRAIN_RECIPES, make_config
 from lowvar_mae.results import load_records
 
 # %% [markdown]

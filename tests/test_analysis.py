@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from lowvar_mae import analysis, pca
+from lowvar_mae import curve, learning_order, pca, probes
 from lowvar_mae.data import load_dataset, make_synthetic
 from lowvar_mae.models import build_mae
-from lowvar_mae.pretrain import make_config, pretrain
+from lowvar_mae.pretrain import pretrain
+from lowvar_mae.recipes import make_config
 from lowvar_mae.targets import basis_path, images_digest, make_target
 from lowvar_mae.train import read_metrics
 
@@ -43,44 +44,44 @@ def test_projection_keeps_the_asked_share_within_one_component():
     basis = pca.fit_pca(x, method="covariance")
     largest = float(basis.explained_variance_ratio()[0])
     not_exact = 0
-    for side, shares in (("top", analysis.DEFAULT_SHARES_TOP), ("bottom", analysis.DEFAULT_SHARES_BOTTOM)):
+    for side, shares in (("top", curve.DEFAULT_SHARES_TOP), ("bottom", curve.DEFAULT_SHARES_BOTTOM)):
         for share in shares:
-            kept = analysis.kept_variance_share(analysis.project_split(x, basis, side, share), x)
+            kept = pca.kept_variance_share(pca.project_split(x, basis, side, share), x)
             if side == "top":
                 assert share - 1e-9 <= kept <= share + largest + 1e-9, (side, share, kept)
             else:
                 assert share - largest - 1e-9 <= kept <= share + 1e-9, (side, share, kept)
             # On the images the basis was fitted on, the measured share is the eigenvalue share.
-            assert kept == pytest.approx(analysis.eigen_share(basis, side, share), abs=1e-9)
+            assert kept == pytest.approx(pca.eigen_share(basis, side, share), abs=1e-9)
             not_exact += abs(kept - share) > 1e-3
     assert not_exact > 0  # the cases do test the "within one component" slack
     # uint8 images are read as [0, 1]; the full side is the images themselves
     u8 = (x[:50] * 255).round().to(torch.uint8)
-    assert analysis.kept_variance_share(analysis.project_split(u8, basis, "full", None), u8) == pytest.approx(1.0)
+    assert pca.kept_variance_share(pca.project_split(u8, basis, "full", None), u8) == pytest.approx(1.0)
 
 
 def test_subspace_columns_span_the_projection():
     x = smooth_images(n=300)
     basis = pca.fit_pca(x, method="covariance")
-    coords = analysis.pca_coordinates(x.float(), basis)
+    coords = pca.pca_coordinates(x.float(), basis)
     comps = basis.components.float()
     for side, share in (("top", 0.9), ("bottom", 0.1), ("full", None)):
-        cols = analysis.subspace_columns(basis, side, share)
+        cols = pca.subspace_columns(basis, side, share)
         rebuilt = coords[:, cols] @ comps[:, cols].T + basis.mean.float()
-        expected = analysis.project_split(x.float(), basis, side, share).flatten(1)
+        expected = pca.project_split(x.float(), basis, side, share).flatten(1)
         torch.testing.assert_close(rebuilt, expected, atol=2e-5, rtol=0)
-        assert cols.stop - cols.start == analysis.subspace_dim(basis, side, share)
+        assert cols.stop - cols.start == pca.subspace_dim(basis, side, share)
 
 
 def test_linear_classifier_beats_chance_and_pixels_agree_with_coordinates():
     train_x, train_y = small_synthetic(1000, 1)
     test_x, test_y = small_synthetic(500, 2)
     basis = pca.fit_pca(train_x, method="covariance")
-    cfg = analysis.LinearConfig(weight_decay=1e-2, max_iter=300)  # strongly convex: converges fully
-    pixels = analysis.linear_accuracy(pca.as_unit_float(train_x), train_y, pca.as_unit_float(test_x), test_y, 10, cfg)
+    cfg = probes.LinearConfig(weight_decay=1e-2, max_iter=300)  # strongly convex: converges fully
+    pixels = probes.linear_accuracy(pca.as_unit_float(train_x), train_y, pca.as_unit_float(test_x), test_y, 10, cfg)
     assert pixels["test_accuracy"] > 0.3  # chance: 0.1 (binomial std on 500 images: 0.013)
-    coords = analysis.linear_accuracy(analysis.pca_coordinates(train_x, basis), train_y,
-                                      analysis.pca_coordinates(test_x, basis), test_y, 10, cfg,
+    coords = probes.linear_accuracy(pca.pca_coordinates(train_x, basis), train_y,
+                                      pca.pca_coordinates(test_x, basis), test_y, 10, cfg,
                                       pixel_dim=basis.dim)
     assert max(pixels["iterations"], coords["iterations"]) < cfg.max_iter
     # The same penalised problem in rotated variables: the same optimum.
@@ -92,10 +93,10 @@ def test_grid_runs_both_classifiers_and_the_convnet_run_loads(runs):
     train_x, train_y = small_synthetic(256, 1)
     test_x, test_y = small_synthetic(128, 2)
     basis = pca.fit_pca(train_x, method="covariance")
-    cfg = analysis.ConvNetConfig(width=4, epochs=1, batch_size=64)
+    cfg = curve.ConvNetConfig(width=4, epochs=1, batch_size=64)
     kwargs = dict(num_classes=10, dataset="toy", shares_top=(0.9,), shares_bottom=(0.25,),
-                  classifiers=("linear", "convnet"), convnet=cfg, linear=analysis.LinearConfig(max_iter=20))
-    rows = analysis.classify_subspaces(train_x, train_y, test_x, test_y, basis, **kwargs)
+                  classifiers=("linear", "convnet"), convnet=cfg, linear=probes.LinearConfig(max_iter=20))
+    rows = curve.classify_subspaces(train_x, train_y, test_x, test_y, basis, **kwargs)
     assert [(r["side"], r["classifier"]) for r in rows] == [
         (s, c) for s in ("full", "top", "bottom") for c in ("linear", "convnet")]
     for r in rows:
@@ -106,7 +107,7 @@ def test_grid_runs_both_classifiers_and_the_convnet_run_loads(runs):
     assert all(r["details"]["epochs_done"] == 1 for r in conv)
     assert len({r["details"]["run_dir"] for r in conv}) == 3
     assert len(read_metrics(conv[1]["details"]["run_dir"])) == 1
-    again = analysis.classify_subspaces(train_x, train_y, test_x, test_y, basis, **kwargs)
+    again = curve.classify_subspaces(train_x, train_y, test_x, test_y, basis, **kwargs)
     for a, b in zip(rows, again):
         assert a["test_accuracy"] == b["test_accuracy"]
     assert len(read_metrics(conv[1]["details"]["run_dir"])) == 1  # loaded, not trained again
@@ -115,7 +116,7 @@ def test_grid_runs_both_classifiers_and_the_convnet_run_loads(runs):
 def test_pad_crop_flip_takes_a_shifted_window():
     x = torch.rand(64, 3, 6, 6)
     g = torch.Generator().manual_seed(0)
-    out = analysis.pad_crop_flip(x, 2, g)
+    out = curve.pad_crop_flip(x, 2, g)
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
     flips = 0
@@ -143,11 +144,11 @@ def hand_basis(n_stored=5, seed=0):
 
 def test_band_errors_match_a_direct_numpy_computation():
     basis, q = hand_basis(n_stored=5)
-    bands = analysis.make_bands(basis, (0, 0.5, 0.9, 1))
+    bands = learning_order.make_bands(basis, (0, 0.5, 0.9, 1))
     assert bands.starts == (0, 2, 4, 6)  # top 50%: 2 components; top 90%: 4 (boundary met exactly)
     rng = np.random.default_rng(1)
     pred, target, images = rng.random((3, 7, 6))
-    result = analysis.band_errors(torch.from_numpy(pred), torch.from_numpy(target), basis, bands,
+    result = learning_order.band_errors(torch.from_numpy(pred), torch.from_numpy(target), basis, bands,
                                   images=torch.from_numpy(images))
     coef = (pred - target) @ q  # all six directions, numpy's own
     expected = [(coef[:, 0:2] ** 2).sum(1).mean(), (coef[:, 2:4] ** 2).sum(1).mean(),
@@ -162,7 +163,7 @@ def test_band_errors_match_a_direct_numpy_computation():
 def test_band_errors_add_up_to_the_total_squared_error(truncated):
     x = smooth_images(n=40, shape=(3, 4, 4))  # 40 images < 48 pixels: the Gram path stores 39
     basis = pca.fit_pca(x)
-    edges = analysis.DECILES
+    edges = learning_order.DECILES
     if truncated:  # keep two components beyond the start of the last band
         edges = (0, 0.3, 0.6, 1)
         basis = pca.fit_pca(x, n_components=basis.n_components(0.6, "top") + 2)
@@ -171,7 +172,7 @@ def test_band_errors_add_up_to_the_total_squared_error(truncated):
     pred, target = torch.rand(2, 9, 3, 4, 4, generator=g, dtype=torch.float64)
     mask = (torch.rand(9, 1, 4, 4, generator=g) < 0.75).double()
     for m in (None, mask):
-        result = analysis.band_errors(pred, target, basis, edges, mask=m)
+        result = learning_order.band_errors(pred, target, basis, edges, mask=m)
         err = ((pred - target) * (1 if m is None else m)).flatten(1)
         total = float((err ** 2).sum(1).mean())
         assert float(result.sq_error.sum()) == pytest.approx(total, rel=1e-10)
@@ -185,9 +186,9 @@ def test_band_errors_add_up_to_the_total_squared_error(truncated):
 def test_band_edges_are_checked():
     basis, _ = hand_basis(n_stored=2)
     with pytest.raises(ValueError, match="increase from 0 to 1"):
-        analysis.make_bands(basis, (0.1, 0.5, 1))
+        learning_order.make_bands(basis, (0.1, 0.5, 1))
     with pytest.raises(ValueError, match="stores 2 components"):
-        analysis.make_bands(basis, (0, 0.5, 0.9, 1))  # the last band would start at component 4
+        learning_order.make_bands(basis, (0, 0.5, 0.9, 1))  # the last band would start at component 4
 
 
 def test_hook_returns_bands_for_a_micro_model():
@@ -195,10 +196,10 @@ def test_hook_returns_bands_for_a_micro_model():
     model = build_mae("micro")
     images = smooth_images(n=100, shape=(3, 16, 16)).float()
     basis = pca.fit_pca(images[:60])  # Gram path: 59 of 768 directions stored, the rest is residual
-    hook = analysis.learning_order_hook(images[60:76], basis, make_target("pixels"), every=2, seed=5)
+    hook = learning_order.learning_order_hook(images[60:76], basis, make_target("pixels"), every=2, seed=5)
     out = hook(model, 1)
     assert set(out) == {"band_rel_error", "band_edges"}
-    assert out["band_edges"] == pytest.approx(list(analysis.DECILES))
+    assert out["band_edges"] == pytest.approx(list(learning_order.DECILES))
     values = [v for v in out["band_rel_error"] if v is not None]
     assert len(out["band_rel_error"]) == 10 and values and all(v > 0 for v in values)
     assert hook(model, 2) == out  # fixed batch, fixed mask, same weights: same values
@@ -217,27 +218,27 @@ def test_hook_lands_in_metrics_and_a_run_without_bands_is_retrained(runs):
     assert "band_rel_error" not in plain.metrics[0]
     weights = {k: v.clone() for k, v in plain.model.state_dict().items()}
 
-    run, note = analysis.learning_order_run(config, n_eval=8, missing="skip", device="cpu")
+    run, note = learning_order.learning_order_run(config, n_eval=8, missing="skip", device="cpu")
     assert not run.trained_now and "without band metrics" in note
-    assert analysis.read_band_metrics(run.run_dir).empty
+    assert learning_order.read_band_metrics(run.run_dir).empty
 
-    run, note = analysis.learning_order_run(config, n_eval=8, device="cpu")
+    run, note = learning_order.learning_order_run(config, n_eval=8, device="cpu")
     assert run.trained_now and note.startswith("retrained")
     line = read_metrics(run.run_dir)[0]
     assert len(line["band_rel_error"]) == 10 and line["band_edges"][-1] == 1.0
-    frame = analysis.read_band_metrics(run.run_dir)
+    frame = learning_order.read_band_metrics(run.run_dir)
     assert len(frame) == 10 and list(frame["band"]) == list(range(10)) and set(frame["epoch"]) == {1}
     for k, v in run.model.state_dict().items():  # the hook changes nothing in what is learned
         torch.testing.assert_close(v, weights[k], rtol=0, atol=0)
 
-    run, note = analysis.learning_order_run(config, n_eval=8, device="cpu")
+    run, note = learning_order.learning_order_run(config, n_eval=8, device="cpu")
     assert not run.trained_now and note == "loaded with band metrics"
 
     # the committed record of a run: its band errors round-trip through the results folder
     from lowvar_mae.results import load_records, write_record
 
-    write_record(analysis.LEARNING_ORDER_KIND, analysis.learning_order_fields(run, note), device="cpu")
-    frames = analysis.learning_order_records(load_records(analysis.LEARNING_ORDER_KIND, runs.parent / "results"))
+    write_record(learning_order.LEARNING_ORDER_KIND, learning_order.learning_order_fields(run, note), device="cpu")
+    frames = learning_order.learning_order_records(load_records(learning_order.LEARNING_ORDER_KIND, runs.parent / "results"))
     assert list(frames) == ["pixels"]
     pd_testing = __import__("pandas").testing
     pd_testing.assert_frame_equal(frames["pixels"], frame)
@@ -263,9 +264,9 @@ def test_linear_classifier_agrees_with_scikit_learn(anisotropic):
         x = x * np.logspace(-2, 2, d)
     x = (x - x.mean(0)) / x.std(0, ddof=1)  # standardised as linear_accuracy does it: ours is then the identity
     wd = 1e-2
-    ours = analysis.linear_accuracy(torch.tensor(x[:400], dtype=torch.float32), torch.tensor(labels[:400]),
+    ours = probes.linear_accuracy(torch.tensor(x[:400], dtype=torch.float32), torch.tensor(labels[:400]),
                                     torch.tensor(x[400:], dtype=torch.float32), torch.tensor(labels[400:]), k,
-                                    analysis.LinearConfig(weight_decay=wd, max_iter=500))
+                                    probes.LinearConfig(weight_decay=wd, max_iter=500))
     ref = LogisticRegression(C=1 / (wd * 400), tol=1e-10, max_iter=10_000).fit(x[:400], labels[:400])
     proba = ref.predict_proba(x[:400])
     ref_loss = float(-np.log(proba[np.arange(400), labels[:400]]).mean())
@@ -288,8 +289,8 @@ def test_sklearn_agreement_finds_the_same_optimum_on_raw_anisotropic_features():
     """Features not standardised and with scales over four orders of magnitude: both solvers
     see z = (x - mean) / s and must land on one optimum of one objective."""
     x, y = _blobs()
-    tight = dataclasses.replace(analysis.SUBSPACE_LINEAR, tolerance_grad=1e-8)
-    out = analysis.sklearn_agreement(x[:400], y[:400], x[400:], y[400:], 3, 1e-2, cfg=tight, tol=1e-10)
+    tight = dataclasses.replace(probes.SUBSPACE_LINEAR, tolerance_grad=1e-8)
+    out = probes.sklearn_agreement(x[:400], y[:400], x[400:], y[400:], 3, 1e-2, cfg=tight, tol=1e-10)
     assert abs(out["objective_gap"]) < 1e-10
     assert out["weight_rel_diff"] < 1e-3
     assert out["test_prediction_agreement"] == 1.0
@@ -298,27 +299,27 @@ def test_sklearn_agreement_finds_the_same_optimum_on_raw_anisotropic_features():
     assert out["ours"]["test_accuracy"] == out["sklearn"]["test_accuracy"]
     # a stub that returned a worse point would show: the objective at zero weights is log(3)
     assert out["sklearn"]["objective"] < np.log(3) - 0.1
-    loose = analysis.sklearn_agreement(x[:400], y[:400], x[400:], y[400:], 3, 1e-2, tol=1e-10)
+    loose = probes.sklearn_agreement(x[:400], y[:400], x[400:], y[400:], 3, 1e-2, tol=1e-10)
     assert 0 <= loose["objective_gap"] < 1e-5 and loose["ours"]["grad_max"] <= 1e-4  # stopped at the stated tolerance
 
 
 def test_penalty_is_chosen_on_held_out_training_rows_and_refitted():
     x, y = _blobs(n=900, d=40, k=3, seed=1, anisotropic=False)
-    cfg = analysis.LinearConfig(weight_decays=(1e-4, 30.0), val_fraction=0.3, max_iter=300, dtype="float64")
-    out = analysis.fit_linear(x[:700], y[:700], x[700:], y[700:], 3, cfg, seed=0)
+    cfg = probes.LinearConfig(weight_decays=(1e-4, 30.0), val_fraction=0.3, max_iter=300, dtype="float64")
+    out = probes.fit_linear(x[:700], y[:700], x[700:], y[700:], 3, cfg, seed=0)
     val = out["val_accuracy"]
     assert set(val) == {"0.0001", "30.0"}
     assert out["weight_decay"] == 1e-4 and val["0.0001"] > val["30.0"]  # a huge penalty predicts near chance
     assert out["converged"] and out["val_converged"] and "weight" not in out
-    single = analysis.linear_accuracy(x[:700], y[:700], x[700:], y[700:], 3,
+    single = probes.linear_accuracy(x[:700], y[:700], x[700:], y[700:], 3,
                                       dataclasses.replace(cfg, weight_decays=(), weight_decay=1e-4))
     assert out["test_accuracy"] == single["test_accuracy"]  # the chosen penalty refitted on all training rows
-    tie = analysis.choose_weight_decay(x[:10], y[:10], x[10:20], y[10:20], 3,
-                                       analysis.LinearConfig(weight_decays=(1e-3, 1e-3 + 1e-12, 1e-3 + 2e-12)))
+    tie = probes.choose_weight_decay(x[:10], y[:10], x[10:20], y[10:20], 3,
+                                       probes.LinearConfig(weight_decays=(1e-3, 1e-3 + 1e-12, 1e-3 + 2e-12)))
     assert tie[0] == 1e-3 + 2e-12  # equal validation accuracy: the larger penalty
     with pytest.raises(ValueError, match="val_fraction must leave at least one of the 700 training rows"):
-        analysis.fit_linear(x[:700], y[:700], x[700:], y[700:], 3, dataclasses.replace(cfg, val_fraction=1.0))
+        probes.fit_linear(x[:700], y[:700], x[700:], y[700:], 3, dataclasses.replace(cfg, val_fraction=1.0))
     with pytest.raises(ValueError, match="weight_decays must be a non-empty list of penalties >= 0"):
-        analysis.choose_weight_decay(x, y, x, y, 3, analysis.LinearConfig(weight_decays=(-1.0,)))
+        probes.choose_weight_decay(x, y, x, y, 3, probes.LinearConfig(weight_decays=(-1.0,)))
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64', got 'float16'"):
-        analysis.linear_accuracy(x, y, x, y, 3, analysis.LinearConfig(dtype="float16"))
+        probes.linear_accuracy(x, y, x, y, 3, probes.LinearConfig(dtype="float16"))

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from lowvar_mae import analysis, book, checkpoint, curve, grid, pca
+from lowvar_mae import book, checkpoint, curve, grid, pca, probes
 from lowvar_mae.__main__ import main
 from lowvar_mae.data import ImageDataset, load_dataset, make_synthetic, save_shards
-from lowvar_mae.evaluate import make_eval_config
 from lowvar_mae.models import build_mae
-from lowvar_mae.pretrain import make_config
+from lowvar_mae.recipes import make_config, make_eval_config
 from lowvar_mae.targets import basis_path, dataset_basis, images_digest, parse_target
 from lowvar_mae.train import resolve_device
 
@@ -159,8 +158,8 @@ def cases(tmp, monkeypatch, capsys):
         "grid-target": lambda: grid.plan(["cifar10"], ["edges"], [0], ["knn"], "cpu"),
         "grid-seed": lambda: grid.plan(["cifar10"], ["pixels"], [-1], ["knn"], "cpu"),
         "curve-point": lambda: curve.plan("cifar10", seeded=[("bottom", 0.3)]),
-        "linear-penalties": lambda: analysis.choose_weight_decay(*[torch.zeros(4, 2), torch.zeros(4).long()] * 2, 2,
-                                                                 analysis.LinearConfig(weight_decays=())),
+        "linear-penalties": lambda: probes.choose_weight_decay(*[torch.zeros(4, 2), torch.zeros(4).long()] * 2, 2,
+                                                                 probes.LinearConfig(weight_decays=())),
         "notebook": lambda: book.find_notebook("99"),
         "notebook-parameter": lambda: book.execute_notebook(book.find_notebook("06"), tmp / "out.ipynb",
                                                             {"datset": "cifar10"}),

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from lowvar_mae import curve
-from lowvar_mae.analysis import ConvNetConfig
+from lowvar_mae.curve import ConvNetConfig
 from lowvar_mae.results import write_record
 
 TINY = ConvNetConfig(width=4, epochs=1, batch_size=256)

@@ -12,15 +12,8 @@ import torch
 import torchvision.datasets.utils as tv_utils
 
 from lowvar_mae import data
-from lowvar_mae.data import (
-    DATASETS,
-    DatasetFormatError,
-    DatasetNotFoundError,
-    ImageDataset,
-    data_root,
-    load_dataset,
-    make_synthetic,
-)
+from lowvar_mae.data import (DATASETS, DatasetFormatError, DatasetNotFoundError, ImageDataset, data_root, load_dataset,
+                             make_synthetic)
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

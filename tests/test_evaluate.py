@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lowvar_mae import data, probes, recipes, report
 from lowvar_mae import evaluate as ev
-from lowvar_mae import report
 from lowvar_mae.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
 from lowvar_mae.models import build_mae
-from lowvar_mae.pretrain import PretrainConfig, make_config, pretrain
+from lowvar_mae.pretrain import pretrain
+from lowvar_mae.recipes import PretrainConfig, make_config
 from lowvar_mae.reference import TABLE1
 from lowvar_mae.results import load_records
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,7 @@ def micro_splits():
 
 def micro_config(**kw):
     base = dict(model="micro", epochs=8, warmup_epochs=1, batch_size=32, precision="fp32", eval_batch_size=64)
-    return ev.FinetuneConfig(**{**base, **kw})
+    return recipes.FinetuneConfig(**{**base, **kw})
 
 
 def probe_config(**kw):
@@ -84,7 +84,7 @@ def test_linear_probe_freezes_every_encoder_parameter(tmp_path):
     assert not cfg.uses_feature_cache
     result = ev.fit_classifier(cfg, encoder, micro_splits(), tmp_path, progress=False)
     probe = result.model
-    assert isinstance(probe, ev.LinearProbe) and probe.encoder is encoder
+    assert isinstance(probe, probes.LinearProbe) and probe.encoder is encoder
     assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
     probe.train()
     assert probe.training and probe.head.training and not encoder.training
@@ -103,7 +103,7 @@ def test_cached_and_on_the_fly_linear_probes_agree(tmp_path):
                              tmp_path / "live", progress=False)
     assert cached.summary["feature_cache"] and not live.summary["feature_cache"]
     head_c, head_l = cached.model.head.state_dict(), live.model.head.state_dict()
-    initial = ev.build_head(32, 2, norm=True, init_std=0.01, seed=0).state_dict()
+    initial = probes.build_head(32, 2, norm=True, init_std=0.01, seed=0).state_dict()
     assert not torch.allclose(head_c["1.weight"], initial["1.weight"])  # the head did train
     for k in head_c:
         torch.testing.assert_close(head_c[k].float(), head_l[k].float(), atol=1e-4, rtol=1e-4, msg=k)
@@ -139,30 +139,30 @@ def test_knn_matches_a_brute_force_numpy_reference():
         sims = a @ (row / np.linalg.norm(row))
         for j in np.argsort(-sims)[:k]:
             expected[i, train_labels[j]] += np.exp(sims[j] / T)
-    votes = ev.knn_votes(train, train_labels, test, k=k, T=T, num_classes=4, batch_size=5)
+    votes = probes.knn_votes(train, train_labels, test, k=k, T=T, num_classes=4, batch_size=5)
     np.testing.assert_allclose(votes.numpy(), expected, rtol=1e-4)
     accuracy = (expected.argmax(1) == test_labels.numpy()).mean()
-    assert ev.knn_accuracy(train, train_labels, test, test_labels, k=k, T=T, num_classes=4) == pytest.approx(accuracy)
+    assert probes.knn_accuracy(train, train_labels, test, test_labels, k=k, T=T, num_classes=4) == pytest.approx(accuracy)
     # k=1 on the training set itself: every point is its own nearest neighbour
-    assert ev.knn_accuracy(train, train_labels, train, train_labels, k=1, num_classes=4) == 1.0
+    assert probes.knn_accuracy(train, train_labels, train, train_labels, k=1, num_classes=4) == 1.0
     with pytest.raises(ValueError, match="k=51"):
-        ev.knn_votes(train, train_labels, test, k=51, num_classes=4)
+        probes.knn_votes(train, train_labels, test, k=51, num_classes=4)
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint():
     labels = np.repeat(np.arange(5), [40, 40, 20, 20, 80])
-    train_idx, val_idx = ev.validation_split(labels, 0.25, seed=0)
+    train_idx, val_idx = data.validation_split(labels, 0.25, seed=0)
     assert len(np.intersect1d(train_idx, val_idx)) == 0
     assert np.array_equal(np.union1d(train_idx, val_idx), np.arange(len(labels)))
     assert val_idx.max() < len(labels)  # indexes the training split only: the test split is never touched
     np.testing.assert_array_equal(np.bincount(labels[val_idx]), [10, 10, 5, 5, 20])
-    again, val_again = ev.validation_split(labels, 0.25, seed=0)
+    again, val_again = data.validation_split(labels, 0.25, seed=0)
     assert np.array_equal(val_idx, val_again) and np.array_equal(train_idx, again)
-    _, other = ev.validation_split(labels, 0.25, seed=1)
+    _, other = data.validation_split(labels, 0.25, seed=1)
     assert not np.array_equal(val_idx, other)
     np.testing.assert_array_equal(np.bincount(labels[other]), [10, 10, 5, 5, 20])
     with pytest.raises(ValueError, match="unlabelled"):
-        ev.validation_split(np.array([0, 1, -1, 1]), 0.5, 0)
+        data.validation_split(np.array([0, 1, -1, 1]), 0.5, 0)
 
 
 # ---------------------------------------------------------------- tables
@@ -285,9 +285,9 @@ def test_config_names_validation_and_round_trip():
     assert micro_config(attention="math").run_name == micro_config().run_name
     with pytest.raises(ValueError, match="attention must be one of .*got 'flash'"):
         micro_config(attention="flash")
-    assert ev.FinetuneConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    assert recipes.FinetuneConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
     assert micro_config(target="pca-bottom:0.250", pretrain_run="p").target == "pca-bottom:0.25"
-    knn = ev.KNNConfig(target="pixels", pretrain_run="pretrain-a", model="micro")
+    knn = recipes.KNNConfig(target="pixels", pretrain_run="pretrain-a", model="micro")
     assert knn.run_name.startswith("knn-synthetic-pixels-k20-s0-")
     with pytest.raises(ValueError, match="target 'none' .* pretrain_run=None"):
         micro_config(target="pixels")
@@ -296,11 +296,11 @@ def test_config_names_validation_and_round_trip():
     with pytest.raises(ValueError, match="val_fraction"):
         micro_config(val_fraction=0.0)
     with pytest.raises(ValueError, match="unknown recipe 'slow'"):
-        ev.make_eval_config("finetune", "slow")
-    paper = ev.make_eval_config("finetune", "paper", dataset="cifar10")
+        recipes.make_eval_config("finetune", "slow")
+    paper = recipes.make_eval_config("finetune", "paper", dataset="cifar10")
     assert (paper.model, paper.batch_size, paper.epochs, paper.rand_augment_ops, paper.label_smoothing,
             paper.head_dropout, paper.betas) == ("vit-tiny-cifar", 1024, 100, 2, 0.1, 0.1, (0.9, 0.999))
-    probe = ev.make_eval_config("linprobe", "paper", dataset="cifar10")
+    probe = recipes.make_eval_config("linprobe", "paper", dataset="cifar10")
     assert (probe.optimizer, probe.base_lr, probe.batch_size, probe.epochs, probe.warmup_epochs, probe.augment,
             probe.head_norm) == ("sgd", 0.1, 256, 90, 10, "flip", True)
 
@@ -312,10 +312,10 @@ def test_pretraining_then_evaluation_end_to_end(dirs):
     runs, results = dirs
     run = pretrain(make_config("quick", "synthetic", epochs=1, batch_size=32, n_train=64), progress=False)
     small = dict(n_test=40, eval_batch_size=64, precision="fp32")
-    configs = [ev.make_eval_config("finetune", "quick", run, epochs=1, batch_size=16, **small),
-               ev.make_eval_config("linprobe", "quick", run.run_dir, epochs=2, batch_size=16, **small),
-               ev.make_eval_config("knn", "quick", run.config.run_name, k=5, **small),
-               ev.make_eval_config("knn", "quick", None, dataset="synthetic", n_train=64, k=5, **small)]
+    configs = [recipes.make_eval_config("finetune", "quick", run, epochs=1, batch_size=16, **small),
+               recipes.make_eval_config("linprobe", "quick", run.run_dir, epochs=2, batch_size=16, **small),
+               recipes.make_eval_config("knn", "quick", run.config.run_name, k=5, **small),
+               recipes.make_eval_config("knn", "quick", None, dataset="synthetic", n_train=64, k=5, **small)]
     assert configs[0].pretrain_run == run.config.run_name and configs[0].n_train == 64
     assert configs[3].target == "none" and configs[3].model == run.config.model
     outcomes = [ev.evaluate(c, progress=False) for c in configs]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from lowvar_mae import evaluate as ev
-from lowvar_mae import grid
+from lowvar_mae import grid, probes, recipes
 from lowvar_mae.__main__ import main
 from lowvar_mae.models import POOLINGS, build_mae, pool_tokens
-from lowvar_mae.pretrain import make_config, pretrain, probe_curve
+from lowvar_mae.pretrain import pretrain, probe_curve
+from lowvar_mae.recipes import make_config
 from lowvar_mae.results import load_records
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,13 +46,13 @@ def test_extract_pooled_is_one_pass_of_each_pooling():
     torch.manual_seed(0)
     encoder = build_mae("micro").encoder
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
-    joined = ev.extract_pooled(encoder, images, batch_size=4)
+    joined = probes.extract_pooled(encoder, images, batch_size=4)
     assert list(joined) == list(POOLINGS)
     for pooling in POOLINGS:
-        alone = ev.extract_features(encoder, images, batch_size=3, pooling=pooling)
+        alone = probes.extract_features(encoder, images, batch_size=3, pooling=pooling)
         assert alone.shape == (10, encoder.feature_dim(pooling))
         torch.testing.assert_close(joined[pooling], alone, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(joined["cls"], ev.extract_features(encoder, images), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(joined["cls"], probes.extract_features(encoder, images), rtol=1e-5, atol=1e-5)
 
 
 def test_choose_pooling_picks_the_informative_features():
@@ -64,21 +64,21 @@ def test_choose_pooling_picks_the_informative_features():
     train = {k: v[:200] for k, v in feats.items()}
     val = {k: v[200:] for k, v in feats.items()}
     for by in ("linear", "knn"):
-        best, scores = ev.choose_pooling(train, labels[:200], val, labels[200:], 3, by=by)
+        best, scores = probes.choose_pooling(train, labels[:200], val, labels[200:], 3, by=by)
         assert best == "mean"
         assert scores["mean"] > 0.9 and scores["cls"] < 0.6
     with pytest.raises(ValueError, match="by must be"):
-        ev.choose_pooling(train, labels[:200], val, labels[200:], 3, by="svm")
+        probes.choose_pooling(train, labels[:200], val, labels[200:], 3, by="svm")
 
 
 def test_feature_choices_are_checked():
     with pytest.raises(ValueError, match="features must be one of"):
-        ev.make_eval_config("linprobe", "cpu", None, dataset="synthetic", features="max")
+        recipes.make_eval_config("linprobe", "cpu", None, dataset="synthetic", features="max")
     with pytest.raises(ValueError, match="fine-tuning classifies the CLS token"):
-        ev.make_eval_config("finetune", "cpu", None, dataset="synthetic", features="mean")
+        recipes.make_eval_config("finetune", "cpu", None, dataset="synthetic", features="mean")
     with pytest.raises(ValueError, match="unknown recipe 'slow'"):
-        ev.make_eval_config("knn", "slow", None, dataset="synthetic")
-    knn = ev.make_eval_config("knn", "cpu", None, dataset="synthetic")
+        recipes.make_eval_config("knn", "slow", None, dataset="synthetic")
+    knn = recipes.make_eval_config("knn", "cpu", None, dataset="synthetic")
     assert (knn.recipe, knn.features, knn.model) == ("cpu", "auto", "cpu-cifar")
 
 
@@ -88,7 +88,7 @@ def test_feature_choices_are_checked():
 def test_cpu_recipe_uses_every_training_image_and_the_cpu_model():
     config = make_config("cpu", "cifar10", "pixels")
     assert config.model == "cpu-cifar" and config.n_train is None and config.probe_every > 0
-    probe = ev.make_eval_config("linprobe", "cpu", config)
+    probe = recipes.make_eval_config("linprobe", "cpu", config)
     assert probe.n_train is None and probe.n_test is None and probe.features == "auto"
     assert probe.val_fraction == 0.1  # 5,000 of CIFAR-10's 50,000 training images
     with pytest.raises(ValueError, match="no model preset for stl10"):
@@ -142,7 +142,8 @@ def test_grid_runs_missing_cells_once_and_lists_the_rest(dirs):
     assert grid.missing(cells) == cells
     assert "4 of 4 cells have no record" in grid.describe_missing(cells)
     written = grid.run_grid(cells, allow_dirty=True, log=lambda *_: None)
-    assert len(written) == 4 and all(p.parent == results / "eval" for p in written)
+    evals = [p for p in written if p.parent == results / "eval"]
+    assert len(evals) == 4 and [p.parent.name for p in written if p not in evals] == ["learning_order"]
     assert grid.missing(cells) == []
     assert grid.describe_missing(cells) == "all 4 cells have records"
 
@@ -204,21 +205,15 @@ def test_estimates_prefer_this_machine():
     assert np.isfinite(seconds)
 
 
-def test_gpu_recipe_runs_end_to_end_at_a_tiny_size_from_shards(tmp_path, dirs, monkeypatch):
+def test_gpu_recipe_runs_end_to_end_at_a_tiny_size_from_shards(tmp_path, dirs, cifar_shards):
     """The GPU command's path on a CPU: CIFAR-10 carried as shards, the gpu recipe's grid, records."""
-    from lowvar_mae.data import ImageDataset, load_dataset, save_shards
-
-    for split, n in (("train", 120), ("test", 40)):
-        images = load_dataset("synthetic", split).subset(n)
-        save_shards(ImageDataset("cifar10", split, images.images, images.labels, tuple(f"c{i}" for i in range(10))),
-                    tmp_path / "shards", size=50)
-    monkeypatch.setenv("LOWVAR_MAE_DATA", str(tmp_path / "shards"))
+    cifar_shards(tmp_path / "shards", size=50)
     config = make_config("gpu", "cifar10", "pixels")
     assert (config.model, config.epochs, config.batch_size) == ("vit-tiny-cifar", 100, 512)
     cells = grid.plan(["cifar10"], ["pixels"], [0], ["knn"], "gpu", pretrain_overrides=TINY_PRE,
                       eval_overrides=TINY_EVAL)
     written = grid.run_grid(cells, allow_dirty=True, log=lambda *_: None)
-    rec = json.loads(written[0].read_text())
+    rec = json.loads(next(p for p in written if p.parent.name == "eval").read_text())
     assert (rec["recipe"], rec["pretrain_recipe"], rec["features"] in POOLINGS) == ("gpu", "gpu", True)
     assert (rec["n_train"] + rec["n_val"], rec["n_test"]) == (96, 40)
     assert [c["epoch"] for c in rec["pretrain_probe_curve"]] == [0, 1]  # the last epoch is always probed
@@ -235,15 +230,15 @@ def test_probes_of_one_encoder_extract_features_once(dirs, monkeypatch):
     monkeypatch.setattr(ev, "extract_pooled", counting)
     ev._FEATURES.clear()
     kw = dict(dataset="synthetic", model="small-cifar", n_train=96, n_test=40)
-    linear = ev.evaluate(ev.make_eval_config("linprobe", "cpu", None, epochs=2, batch_size=32, **kw), progress=False)
-    knn = ev.evaluate(ev.make_eval_config("knn", "cpu", None, **kw), progress=False)
+    linear = ev.evaluate(recipes.make_eval_config("linprobe", "cpu", None, epochs=2, batch_size=32, **kw), progress=False)
+    knn = ev.evaluate(recipes.make_eval_config("knn", "cpu", None, **kw), progress=False)
     assert len(calls) == 3  # train, val, test: once for both probes
     # the same numbers as a kNN that extracts its own features
     ev._FEATURES.clear()
-    again = ev.knn_probe(ev.make_eval_config("knn", "cpu", None, **kw), ev.random_encoder("small-cifar", 0),
+    again = ev.knn_probe(recipes.make_eval_config("knn", "cpu", None, **kw), ev.random_encoder("small-cifar", 0),
                          ev.load_splits("synthetic", n_train=96, n_test=40, val_fraction=0.1, seed=0))
     assert again["value"] == knn.value and again["features_val"] == knn.summary["features_val"]
     # another encoder (seed 1) is extracted anew
-    ev.evaluate(ev.make_eval_config("knn", "cpu", None, seed=1, **kw), progress=False)
+    ev.evaluate(recipes.make_eval_config("knn", "cpu", None, seed=1, **kw), progress=False)
     assert len(calls) == 3 + 3 + 3
     assert linear.summary["features"] in POOLINGS

@@ -14,7 +14,8 @@ import torch
 
 from lowvar_mae import checkpoint
 from lowvar_mae.models import build_mae
-from lowvar_mae.pretrain import make_config, pretrain
+from lowvar_mae.pretrain import pretrain
+from lowvar_mae.recipes import make_config
 from lowvar_mae.train import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -58,7 +59,8 @@ def test_kill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     cfg = dict(epochs=4, batch_size=32, n_train=256)
     trainer = f"""
-        from lowvar_mae.pretrain import make_config, pretrain
+        from lowvar_mae.recipes import make_config
+        from lowvar_mae.pretrain import pretrain
         pretrain(make_config("quick", "synthetic", "pca-bottom:0.25", **{cfg!r}), progress=False)
     """
     killed = tmp_path / "killed"

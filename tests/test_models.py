@@ -7,19 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lowvar_mae.models import (
-    MAE,
-    PRESETS,
-    MAEConfig,
-    ViTClassifier,
-    ViTEncoder,
-    attention_kernel,
-    build_mae,
-    get_config,
-    random_masking,
-    set_attention,
-    sincos_pos_embed_2d,
-)
+from lowvar_mae.models import (MAE, PRESETS, MAEConfig, ViTClassifier, ViTEncoder, attention_kernel, build_mae,
+                               get_config, random_masking, set_attention, sincos_pos_embed_2d)
 
 
 def count_params(module: torch.nn.Module) -> int:

@@ -39,7 +39,8 @@ def test_import_has_no_side_effects():
     code = (
         "import sys, torch; before = torch.get_num_threads(); "
         "import lowvar_mae, lowvar_mae.pca, lowvar_mae.data, lowvar_mae.models, lowvar_mae.plots, "
-        "lowvar_mae.results, lowvar_mae.book, lowvar_mae.analysis, lowvar_mae.evaluate, lowvar_mae.pretrain; "
+        "lowvar_mae.results, lowvar_mae.book, lowvar_mae.recipes, lowvar_mae.probes, lowvar_mae.curve, "
+        "lowvar_mae.learning_order, lowvar_mae.evaluate, lowvar_mae.pretrain, lowvar_mae.grid; "
         "assert torch.get_num_threads() == before; "
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
@@ -55,3 +56,67 @@ def test_readme_starts_with_the_two_commands():
     assert commands == ["make book", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci and "\nmake book\n" in ci
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at the top or inside a function alike."""
+    import ast
+
+    graph = {}
+    for path in sorted((ROOT / "lowvar_mae").glob("*.py")):
+        name = path.stem
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1 and node.module:
+                    deps.add(node.module.split(".")[0])
+                elif node.level == 1:
+                    deps.update(a.name for a in node.names)
+                elif node.module and node.module.startswith("lowvar_mae."):
+                    deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("lowvar_mae."))
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_the_package_has_no_import_circle():
+    graph = _package_imports()
+    assert {"probes", "recipes", "learning_order", "curve"} <= set(graph) and "analysis" not in graph
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    # the layers the package is read by, bottom to top
+    assert not graph["probes"] & {"pretrain", "evaluate", "recipes", "grid"}
+    assert not graph["pretrain"] & {"evaluate", "grid", "learning_order", "curve"}
+    assert "validation_split" in (ROOT / "lowvar_mae" / "data.py").read_text()
+
+
+def test_no_module_is_much_over_700_lines():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "lowvar_mae").glob("*.py")}
+    assert max(sizes.values()) <= 730, sizes
+
+
+def test_the_readme_lists_the_modules_bottom_to_top():
+    """Every module in the README's table, after every module it imports."""
+    rows = [r for r in (ROOT / "README.md").read_text().splitlines() if r.startswith("| `lowvar_mae/")]
+    position = {}
+    for i, row in enumerate(rows):
+        for cell in row.split("|")[1].split(","):
+            position[cell.strip("` ").split("/")[-1].removesuffix(".py")] = i
+    graph = _package_imports()
+    assert set(graph) - {"__init__"} <= set(position)
+    for module, deps in graph.items():
+        for dep in deps:
+            assert position.get(dep, -1) <= position.get(module, 99), f"{module} imports {dep}, listed after it"

@@ -238,8 +238,10 @@ def test_bad_inputs_name_the_value():
     with pytest.raises(ValueError, match="'svd'"):
         fit_pca(torch.zeros(4, 3, 2, 2), method="svd")
     with pytest.raises(ValueError, match="not a PCA basis"):
+        import os
+        import tempfile
+
         import safetensors.torch
-        import tempfile, os
         path = os.path.join(tempfile.mkdtemp(), "x.safetensors")
         safetensors.torch.save_file({"a": torch.zeros(1)}, path)
         load_basis(path)

@@ -149,7 +149,8 @@ def test_current_subspace_records_match_settings_read_back_from_record_files(tmp
     """Settings hold tuples (the penalty candidates); a record file gives them back as lists."""
     from dataclasses import asdict, replace
 
-    from lowvar_mae.analysis import SUBSPACE_LINEAR, ConvNetConfig
+    from lowvar_mae.curve import ConvNetConfig
+    from lowvar_mae.probes import SUBSPACE_LINEAR
     from lowvar_mae.results import load_records, write_record
 
     def fields(classifier, settings, seed, acc, share=0.25):

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from lowvar_mae import grid, report, schedule
-from lowvar_mae.analysis import band_metrics
+from lowvar_mae.learning_order import band_metrics
 
 
 def test_length_overrides_change_only_the_length():
@@ -195,7 +195,7 @@ def test_a_resumed_run_lists_every_start_in_its_provenance(tmp_path):
     import json
 
     from lowvar_mae.checkpoint import open_run_folder
-    from lowvar_mae.pretrain import make_config
+    from lowvar_mae.recipes import make_config
 
     cfg = make_config("quick", "synthetic", "pixels")
     open_run_folder(tmp_path / "run", cfg, "cpu", seed=0)
@@ -256,18 +256,12 @@ def test_gpu_study_chooses_the_longest_length_that_fits():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_gpu_study_script_runs_end_to_end_at_a_tiny_size(tmp_path, dirs, monkeypatch):
+def test_gpu_study_script_runs_end_to_end_at_a_tiny_size(tmp_path, dirs, monkeypatch, cifar_shards):
     """pack (here) -> receive (each call) -> run: records of both targets and a throughput record, in one tar."""
     import json
     import tarfile
 
-    from lowvar_mae.data import ImageDataset, load_dataset, save_shards
-
-    for split, n in (("train", 120), ("test", 40)):
-        images = load_dataset("synthetic", split).subset(n)
-        save_shards(ImageDataset("cifar10", split, images.images, images.labels, tuple(f"c{i}" for i in range(10))),
-                    tmp_path / "source", size=120)
-    monkeypatch.setenv("LOWVAR_MAE_DATA", str(tmp_path / "source"))
+    cifar_shards(tmp_path / "source", size=120)
     monkeypatch.setenv("LOWVAR_MAE_GIT_REVISION", "")  # the script sets it; undone after the test
     gs = _gpu_study()
     assert gs.main(["pack", "--out", str(tmp_path / "shards"), "--size", "50"]) == 0

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from lowvar_mae.reference import target_label
-from lowvar_mae.targets import (fft_variance_share, frequency_filter, frequency_radius, make_target,
-                                parse_target)
+from lowvar_mae.targets import fft_variance_share, frequency_filter, frequency_radius, make_target, parse_target
 
 
 def images(n=4, c=3, h=8, w=8, seed=0):

@@ -6,7 +6,8 @@ import torch
 
 from lowvar_mae import pca
 from lowvar_mae.models import build_mae
-from lowvar_mae.pretrain import make_config, pretrain
+from lowvar_mae.pretrain import pretrain
+from lowvar_mae.recipes import make_config
 from lowvar_mae.reference import target_label
 from lowvar_mae.targets import PC_MASK_RANGE, make_pc_masking, make_target, parse_target
 

@@ -2,8 +2,8 @@
 
 import copy
 import json
-import os
 import math
+import os
 
 import pytest
 import torch
@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 
 from lowvar_mae import checkpoint, pca
 from lowvar_mae.models import build_mae, patchify
-from lowvar_mae.pretrain import PretrainConfig, make_config, pretrain
+from lowvar_mae.pretrain import pretrain
+from lowvar_mae.recipes import PretrainConfig, make_config
 from lowvar_mae.targets import make_target, norm_pix, parse_target
-from lowvar_mae.train import (DeviceData, LoopConfig, NonFiniteLossError, augment, build_optimizer, lr_at,
-                              param_groups, resolve_attention, resolve_precision, train_loop)
+from lowvar_mae.train import (DeviceData, LoopConfig, NonFiniteLossError, augment, build_optimizer, lr_at, param_groups,
+                              resolve_attention, resolve_precision, train_loop)
 
 
 @pytest.fixture
