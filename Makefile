@@ -37,7 +37,8 @@ check-book: $(STAMP)
 ## Interactive: JupyterLab on the notebooks (py:percent files open as notebooks).
 lab: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[lab]"
-	$(VENV)/bin/jupyter lab notebooks/
+	@# JupyterLab refuses to start as root (common in containers) unless told it may.
+	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

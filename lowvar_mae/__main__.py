@@ -23,6 +23,7 @@ BOOK_PAGES = {
     "book/executed/07_performance.html": 0,
     "book/executed/08_conclusions.html": 0,
     "book/running.html": 0,
+    "book/glossary.html": 0,
     "book/bibliography.html": 0,
 }
 

@@ -159,6 +159,21 @@ def _words(row, bar: float, alpha: float) -> str:
             + f"; {holm_p})")
 
 
+def as_json(table) -> str:
+    """The verdicts of :func:`decide` as compact JSON, one entry per "target metric": n,
+    mean, low, high, p_holm (null where undefined) and outcome. A page glues it, so a test
+    can hold what the page shows against a fresh computation from the records."""
+    import json
+
+    def num(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 10)
+
+    return json.dumps({f"{r['target']} {r['metric']}": {"n": int(r["n"]), "mean": num(r["mean"]), "low": num(r["low"]),
+                                                       "high": num(r["high"]), "p_holm": num(r["p_holm"]),
+                                                       "outcome": r["outcome"]}
+                       for _, r in table.iterrows()}, sort_keys=True)
+
+
 def rule_text(family_size: int, bar: float = BAR, alpha: float = ALPHA) -> str:
     """The rule, as a page states it."""
     return (f"A verdict needs an encoder that learned something: a target whose linear probe does not clear the "
@@ -168,4 +183,4 @@ def rule_text(family_size: int, bar: float = BAR, alpha: float = ALPHA) -> str:
             f"higher or lower only when its p-value after Holm's correction is below {alpha:g}.")
 
 
-__all__ = ["BAR", "ALPHA", "OUTCOMES", "paired_t", "holm", "random_margins", "decide", "as_family", "rule_text"]
+__all__ = ["BAR", "ALPHA", "OUTCOMES", "paired_t", "holm", "random_margins", "decide", "as_family", "as_json", "rule_text"]

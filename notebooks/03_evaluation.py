@@ -51,6 +51,7 @@ from lowvar_mae import grid, report, schedule, verdicts
 from lowvar_mae.data import DATASETS
 from lowvar_mae.evaluate import evaluate
 from lowvar_mae.models import build_mae
+from lowvar_mae.plots import glue
 from lowvar_mae.pretrain import pretrain
 from lowvar_mae.recipes import EVAL_RECIPES, PRETRAIN_RECIPES, make_config, make_eval_config
 from lowvar_mae.reference import target_label
@@ -309,6 +310,7 @@ if diffs is not None and len(diffs):
     display(shown[["target", "probe", "n", "per_seed", "words"]].rename(
         columns={"per_seed": "per seed (points)", "words": "verdict"}).style.hide(axis="index"))
     display(Markdown(verdicts.rule_text(int(judged["in_family"].sum()))))
+    glue("table1_verdicts", verdicts.as_json(judged))  # what the page shows, for the page-to-record test
 
 # %% tags=["remove-input"]
 if diffs is None or not len(diffs):

@@ -41,6 +41,7 @@ from IPython.display import Markdown, display
 
 from lowvar_mae import grid, report, verdicts
 from lowvar_mae.data import DATASETS
+from lowvar_mae.plots import glue
 from lowvar_mae.reference import target_label
 from lowvar_mae.results import load_records
 
@@ -136,6 +137,7 @@ if diffs is not None and len(diffs):
         columns={"label": "target", "reported": "what they report", "n": "seeds",
                  "difference": "minus pixels [95% interval]"}).style.hide(axis="index"))
     display(Markdown(verdicts.rule_text(int(judged["in_family"].sum()))))
+    glue("claim_verdicts", verdicts.as_json(judged))  # what the page shows, for the page-to-record test
 else:
     claims = None
     display(Markdown("No target has runs on the same seeds as the pixel target yet."))

@@ -1,0 +1,52 @@
+"""Pages against records: what chapters 03 and 06 show is what a fresh computation from the
+committed records gives (the conclusions page has its own test)."""
+
+import ast
+import json
+
+import pytest
+
+from lowvar_mae import book, grid, report, verdicts
+from lowvar_mae.reference import target_label
+from lowvar_mae.results import load_records
+
+
+def _execute(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path / "results"))  # the committed records alone
+    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp_path / "runs"))
+    nb = json.loads(book.execute_notebook(book.find_notebook(name), tmp_path / f"{name}.ipynb", {}, timeout=600)
+                    .read_text())
+    glued, shown = {}, []
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []):
+            name_ = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name_:
+                glued[name_] = o["data"]["application/papermill.record/text/plain"]
+            for kind in ("text/html", "text/markdown", "text/plain"):
+                if kind in o.get("data", {}):
+                    shown.append("".join(o["data"][kind]))
+    return glued, "\n".join(shown)
+
+
+def _fresh(targets):
+    records = report.protocol_records(load_records("eval"), "cifar10", "cpu")
+    return verdicts.decide(records[records["target"].isin(targets)])
+
+
+@pytest.mark.parametrize("chapter, key, targets", [
+    ("03", "table1_verdicts", grid.DEFAULT_TARGETS),
+    ("06", "claim_verdicts", ["pixels", "none", "norm-pix", "pca-bottom:0.25", "pca-top:0.75", *grid.OTHER_TARGETS]),
+])
+def test_the_verdicts_a_page_shows_are_those_of_its_records(chapter, key, targets, tmp_path, monkeypatch):
+    glued, shown = _execute(chapter, tmp_path, monkeypatch)
+    assert key in glued, f"chapter {chapter} glues no {key}"
+    page = json.loads(ast.literal_eval(glued[key]))  # the glued value is the repr of a JSON string
+    fresh = _fresh(targets)
+    assert page == json.loads(verdicts.as_json(fresh))
+    assert len(page) >= 2
+    for _, row in fresh.iterrows():
+        if chapter == "03":
+            assert row["words"].replace("&", "&amp;") in shown or row["words"] in shown, row["words"]
+        else:
+            assert report.CLAIM_OUTCOMES[row["outcome"]] in shown
+        assert target_label(row["target"]) in shown
