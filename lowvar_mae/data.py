@@ -68,6 +68,12 @@ class DatasetInfo:
     url: str | None
 
 
+# Images per split of the real datasets. A split read from files that do not declare their
+# size (the official archives and caches written from them declare it) must hold exactly
+# this many, so a copy with a part missing is refused instead of read short.
+SPLIT_SIZES = {"cifar10": {"train": 50_000, "test": 10_000}, "cifar100": {"train": 50_000, "test": 10_000},
+               "stl10": {"train": 5_000, "test": 8_000, "unlabeled": 100_000}}
+
 DATASETS: dict[str, DatasetInfo] = {
     "synthetic": DatasetInfo("synthetic", (32, 32, 3), 10, ("train", "test"), None),
     "cifar10": DatasetInfo(
@@ -207,7 +213,7 @@ def load_dataset(
             download_status = "downloading was disabled (download=False)"
         if official is None:
             raise DatasetNotFoundError(_not_found_message(base, name, split, download_status))
-    _write_cache(folder / f"{name}_{split}.npz", official)
+    _write_cache(folder / f"{name}_{split}.npz", official, total=len(official))  # read whole: its size is known
     return official
 
 
@@ -267,6 +273,12 @@ def _load_cache(folder: Path, name: str, split: str, info: DatasetInfo) -> Image
         raise DatasetFormatError(
             f"the parts {[p.name for p in files]} in {folder} hold {count:,} images, but the split "
             f"declares {next(iter(totals)):,}: a part is missing; copy every part of {name} {split}")
+    known = SPLIT_SIZES.get(name, {}).get(split)
+    if not totals and known is not None and count != known:
+        raise DatasetFormatError(
+            f"{[p.name for p in files]} in {folder} hold {count:,} images, but {name}'s {split} split has "
+            f"{known:,}: a part is missing or the files are a subset; copy every part, or save a subset on "
+            "purpose with lowvar_mae.data.save_shards (its parts declare their size)")
     classes = loaded[order[0]][2]
     for i in order[1:]:
         if loaded[i][2] != classes:

@@ -55,6 +55,16 @@ def _missing_part(tmp):
     return load_dataset("cifar10", "train", root=tmp / "data", download=False)
 
 
+def _short_split(tmp):
+    """The shared CIFAR-10 layout (parts with index_start, no declared size), one part left out."""
+    images, labels = make_synthetic(30, seed=0)
+    folder = tmp / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    np.savez(folder / "cifar10_train_a.npz", x=images, y=labels,
+             classes=np.array([f"c{i}" for i in range(10)]), index_start=0)
+    return load_dataset("cifar10", "train", root=tmp / "data", download=False)
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
@@ -165,6 +175,7 @@ def cases(tmp, monkeypatch, capsys):
                                                             {"datset": "cifar10"}),
         "missing-data": lambda: load_dataset("cifar100", "train", root=tmp / "empty", download=False),
         "missing-part": lambda: _missing_part(tmp),
+        "short-split": lambda: _short_split(tmp),
         "crafted-archive": lambda: _crafted_archive(tmp),
         "checkpoint-corrupt": lambda: _corrupt(tmp),
         "checkpoint-pointer": lambda: _pointer(tmp),

@@ -140,6 +140,7 @@ def test_cache_parts_join_in_index_start_order(tmp_path):
             y=labels[start:stop].astype(np.uint8),
             classes=np.array(CIFAR10_NAMES),
             index_start=start,
+            total=10,  # a declared subset: not held to CIFAR-10's 50,000
         )
     dataset = load_dataset("cifar10", "train", root=tmp_path, download=False)
     assert_same(dataset, images, labels, CIFAR10_NAMES)
@@ -153,6 +154,7 @@ def test_cache_parts_without_index_start_join_in_name_order(tmp_path):
             x=images[part],
             y=labels[part],
             classes=np.array(CIFAR10_NAMES),
+            total=6,
         )
     assert_same(load_dataset("cifar10", "test", root=tmp_path, download=False), images, labels, CIFAR10_NAMES)
 
@@ -173,7 +175,7 @@ def test_cache_parts_with_a_gap_are_rejected(tmp_path):
 
 def test_root_comes_from_argument_then_env_var_then_home(tmp_path, monkeypatch):
     images, labels = random_images(4, 32, seed=6)
-    write_npz(tmp_path / "cifar10" / "cifar10_test.npz", x=images, y=labels, classes=np.array(CIFAR10_NAMES))
+    write_npz(tmp_path / "cifar10" / "cifar10_test.npz", x=images, y=labels, classes=np.array(CIFAR10_NAMES), total=4)
     monkeypatch.setenv("LOWVAR_MAE_DATA", str(tmp_path))
     monkeypatch.chdir(tmp_path / "cifar10")
     assert data_root() == tmp_path.resolve()
@@ -450,3 +452,16 @@ def test_honest_archives_of_every_protocol_still_load(tmp_path, protocol):
         pickle.dump({b"label_names": [n.encode() for n in CIFAR10_NAMES]}, f, protocol=protocol)
     dataset = load_dataset("cifar10", "train", root=tmp_path, download=False)
     assert np.array_equal(dataset.images, images) and np.array_equal(dataset.labels, labels)
+
+
+def test_a_split_short_of_its_known_size_is_refused_unless_it_declares_it(tmp_path):
+    """The shared layout (parts with index_start, no declared size) with its second part missing."""
+    images, labels = random_images(6, 32, seed=9)
+    folder = tmp_path / "cifar10"
+    write_npz(folder / "cifar10_train_a.npz", x=images[:3], y=labels[:3], classes=np.array(CIFAR10_NAMES),
+              index_start=0)
+    with pytest.raises(data.DatasetFormatError, match="hold 3 images, but cifar10's train split has 50,000"):
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+    write_npz(folder / "cifar10_train_a.npz", x=images[:3], y=labels[:3], classes=np.array(CIFAR10_NAMES),
+              index_start=0, total=3)  # a subset on purpose
+    assert len(load_dataset("cifar10", "train", root=tmp_path, download=False)) == 3
