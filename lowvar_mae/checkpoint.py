@@ -42,12 +42,25 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# Beyond this absolute value a weight (or buffer) means the run has diverged: the models here
+# keep their weights within a few units, and a blown-up run reaches 1e29 while still finite.
+WEIGHT_BOUND = 1e6
+
+
 def check_finite(model: nn.Module, where: str = "") -> None:
-    """Raise NonFiniteWeightsError naming the first parameter with a NaN or infinite value."""
+    """Raise NonFiniteWeightsError naming the first parameter or buffer with a NaN or
+    infinite value, or one above :data:`WEIGHT_BOUND` in absolute value."""
     for name, value in unwrap(model).state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if not value.is_floating_point():
+            continue
+        if not bool(torch.isfinite(value).all()):
             raise NonFiniteWeightsError(f"{name} has non-finite values{' ' + where if where else ''}: the run "
                                         "diverged (try a lower learning rate, or fp32); nothing was saved")
+        largest = float(value.detach().abs().max()) if value.numel() else 0.0
+        if largest > WEIGHT_BOUND:
+            raise NonFiniteWeightsError(f"{name} reaches {largest:.3g}, above the bound {WEIGHT_BOUND:g}"
+                                        f"{' ' + where if where else ''}: the run diverged (try a lower learning "
+                                        "rate); nothing was saved")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -227,7 +227,10 @@ def band_hook(config, *, n_eval: int = 256, every: int = 1, bands: Sequence[floa
         raise ValueError(f"n_eval must be an integer >= 2 (band variances need two images), got {n_eval!r}")
     dev = resolve_device(device)
     basis = dataset_basis(config.dataset, root=root, device=dev)
-    batch01 = load_dataset(config.dataset, "test").to_tensor(dev)[:n_eval].float() / 255
+    test = load_dataset(config.dataset, "test")
+    if n_eval > len(test):
+        raise ValueError(f"n_eval={n_eval} is more than the {len(test)} test images of {config.dataset}")
+    batch01 = test.to_tensor(dev)[:n_eval].float() / 255
     target_fn = make_target(config.target, basis=basis, patch_size=get_config(config.model).patch_size,
                             image_shape=tuple(batch01.shape[1:]), device=dev, method=config.pca_method)
     return learning_order_hook(batch01, basis, target_fn, bands, every=every, seed=config.seed, last=config.epochs)
@@ -251,6 +254,8 @@ def learning_order_run(config, *, n_eval: int = 64, bands: Sequence[float] = DEC
     """
     if missing not in ("retrain", "skip"):
         raise ValueError(f"missing must be 'retrain' or 'skip', got {missing!r}")
+    if not isinstance(n_eval, int) or isinstance(n_eval, bool) or n_eval < 2:
+        raise ValueError(f"n_eval must be an integer >= 2 (band variances need two images), got {n_eval!r}")
     dev = resolve_device(device)
     run_dir = runs_dir(root) / config.run_name
     existing = read_metrics(run_dir)
@@ -269,6 +274,8 @@ def learning_order_run(config, *, n_eval: int = 64, bands: Sequence[float] = DEC
         target_basis = dataset_basis(config.dataset, root=root, device=dev)
     basis = target_basis if basis is None else basis.to(dev)
     test = load_dataset(config.dataset, "test")
+    if n_eval > len(test):
+        raise ValueError(f"n_eval={n_eval} is more than the {len(test)} test images of {config.dataset}")
     batch01 = test.to_tensor(dev)[:n_eval].float() / 255
     model_cfg = get_config(config.model)
     target_fn = make_target(config.target, basis=target_basis, patch_size=model_cfg.patch_size,

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import latest_checkpoint, load_weights, open_run_folder, replace_run, staging_dir, unwrap
+from .checkpoint import NonFiniteWeightsError, latest_checkpoint, load_weights, open_run_folder, replace_run, staging_dir, unwrap
 from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
@@ -195,6 +195,9 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
         every = config.recon_every or config.epochs
         if dist.is_main and (epoch == 1 or epoch % every == 0 or epoch == config.epochs):
             rec = reconstruct(model, recon_x, target_fn, seed=config.seed, pc_masking=pc_masking)
+            if not bool(torch.isfinite(rec["prediction"]).all()):
+                raise NonFiniteWeightsError(f"the reconstructions of epoch {epoch} are not finite: the run "
+                                            "diverged (try a lower learning rate, or fp32); its record is not written")
             (run_dir / "recon").mkdir(exist_ok=True)
             tmp = run_dir / "recon" / f".epoch-{epoch:04d}.tmp"
             save_file({k: v.to(torch.float16).cpu().contiguous() for k, v in rec.items()}, str(tmp))

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import check_finite, latest_checkpoint, load_checkpoint, run_lock, save_checkpoint, unwrap
+from .checkpoint import (CheckpointError, check_finite, latest_checkpoint, load_checkpoint, run_lock,
+                         save_checkpoint, unwrap)
 from .hardware import cpu_has_fast_bf16
 from .provenance import atomic_write_bytes, dumps_json
 
@@ -422,6 +423,11 @@ def _train_loop(run_dir, model, optimizer, data, loss_fn, cfg, device, dist, on_
     # checkpoint, of an epoch whose weights were lost): keep only what the weights reflect.
     history = read_metrics(run_dir)
     kept = [m for m in history if m["epoch"] <= start_epoch]
+    if len({m["epoch"] for m in kept}) < start_epoch:  # lines are written before their checkpoint
+        raise CheckpointError(
+            f"{run_dir}: the checkpoint has trained {start_epoch} epochs but metrics.jsonl holds "
+            f"{len(kept)} of their lines: the file was deleted or cut. Restore it, or train the run again "
+            "(--force)")
     if dist.is_main and (run_dir / "metrics.jsonl").is_file():  # also drops a torn last line
         atomic_write_bytes(run_dir / "metrics.jsonl", "".join(dumps_json(m) + "\n" for m in kept).encode())
     history = kept

@@ -15,7 +15,9 @@ import torch
 from lowvar_mae import book, checkpoint, curve, grid, pca, probes
 from lowvar_mae.__main__ import main
 from lowvar_mae.data import ImageDataset, load_dataset, make_synthetic, save_shards
+from lowvar_mae.learning_order import learning_order_run
 from lowvar_mae.models import build_mae
+from lowvar_mae.pretrain import pretrain
 from lowvar_mae.recipes import make_config, make_eval_config
 from lowvar_mae.targets import basis_path, dataset_basis, images_digest, parse_target
 from lowvar_mae.train import resolve_device
@@ -63,6 +65,27 @@ def _short_split(tmp):
     np.savez(folder / "cifar10_train_a.npz", x=images, y=labels,
              classes=np.array([f"c{i}" for i in range(10)]), index_start=0)
     return load_dataset("cifar10", "train", root=tmp / "data", download=False)
+
+
+def _blown_up(tmp):
+    """Finite weights far beyond any trained model's: a diverged run must not be saved."""
+    model = build_mae("micro")
+    with torch.no_grad():
+        model.encoder.patch_embed.weight[0, 0, 0, 0] = 1e29
+    checkpoint.check_finite(model, "at epoch 3")
+
+
+def _metrics_deleted(tmp, monkeypatch):
+    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp / "runs"))
+    config = make_config("quick", "synthetic", "pixels", model="small-cifar", n_train=32, epochs=1, batch_size=32)
+    run = pretrain(config, progress=False)
+    (run.run_dir / "metrics.jsonl").unlink()
+    try:
+        pretrain(config, progress=False)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp / "runs")  # the table's check: no run folder is left by the failing call
 
 
 class _Evil:
@@ -175,6 +198,9 @@ def cases(tmp, monkeypatch, capsys):
                                                             {"datset": "cifar10"}),
         "missing-data": lambda: load_dataset("cifar100", "train", root=tmp / "empty", download=False),
         "missing-part": lambda: _missing_part(tmp),
+        "blown-up": lambda: _blown_up(tmp),
+        "metrics-deleted": lambda: _metrics_deleted(tmp, monkeypatch),
+        "learning-order-count": lambda: learning_order_run(make_config("quick", "synthetic", "pixels"), n_eval=-5),
         "short-split": lambda: _short_split(tmp),
         "crafted-archive": lambda: _crafted_archive(tmp),
         "checkpoint-corrupt": lambda: _corrupt(tmp),
