@@ -29,7 +29,14 @@ BOOK_PAGES = {
 
 
 def _parameters(pairs: list[list[str]] | None) -> dict:
-    return {k: yaml.safe_load(v) for k, v in (pairs or [])}
+    out = {}
+    for key, text in pairs or []:
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem", None) or "not valid YAML"
+            raise ValueError(f"parameter {key!r}: value {text!r} is not valid YAML ({where})") from None
+    return out
 
 
 def cmd_notebooks(args) -> int:
@@ -39,11 +46,17 @@ def cmd_notebooks(args) -> int:
     sources = [book.find_notebook(n) for n in args.names] if args.names else book.list_notebooks()
     out = Path(args.out) if args.out else root / "book" / "executed"
     params = _parameters(args.parameter)
+    import papermill
+
     for src in sources:
         start = time.perf_counter()
         target = out / f"{src.stem}{args.suffix}.ipynb"
         print(f"executing {src.name} -> {target}", flush=True)
-        book.execute_notebook(src, target, params, timeout=args.timeout, progress=args.progress)
+        try:
+            book.execute_notebook(src, target, params, timeout=args.timeout, progress=args.progress)
+        except papermill.PapermillExecutionError as err:  # one line: the cell and its error
+            raise RuntimeError(f"{src.name} failed in cell {err.exec_count}: {err.ename}: "
+                               f"{str(err.evalue).splitlines()[0] if err.evalue else ''}") from None
         print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
@@ -340,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, RuntimeError, OSError, FloatingPointError) as err:  # one line, no traceback
         print(f"lowvar-mae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lowvar-mae {args.command}: interrupted (a run resumes from its last checkpoint with the same "
+              "command)", file=sys.stderr)
         return 2
 
 

@@ -50,13 +50,52 @@ def notebook_parameters(nb) -> list[str]:
     return []
 
 
+def notebook_defaults(nb) -> dict[str, object]:
+    """Each parameter's default value, where it is a literal (else the parameter is absent)."""
+    import ast
+
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            out = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    try:
+                        out[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+            return out
+    return {}
+
+
+def check_parameter_types(name: str, given: dict, defaults: dict) -> None:
+    """Raise ValueError naming the first parameter whose value is not of its default's kind
+    (an integer where the default is one, a number for a float, a string, a list, True or
+    False); a parameter whose default is None takes anything."""
+    kinds = [(bool, "True or False", lambda v: isinstance(v, bool)),
+             (int, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+             (float, "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+             (str, "a string", lambda v: isinstance(v, str)),
+             ((list, tuple), "a list", lambda v: isinstance(v, (list, tuple)))]
+    for key, value in given.items():
+        default = defaults.get(key)
+        if default is None:
+            continue
+        for kind, want, ok in kinds:
+            if isinstance(default, kind):
+                if not ok(value):
+                    raise ValueError(f"{name}: parameter {key!r} must be {want} (its default is {default!r}), "
+                                     f"got {value!r}")
+                break
+
+
 def execute_notebook(source: str | Path, output: str | Path, parameters: dict | None = None,
                      timeout: int | None = None, progress: bool = False) -> Path:
     """Run a py:percent notebook headlessly with papermill and write the executed .ipynb.
 
     The output appears only if the whole notebook ran; a failing cell raises
     ``papermill.PapermillExecutionError`` naming the cell and leaves no output file. A
-    parameter the notebook does not declare raises ValueError before anything runs.
+    parameter the notebook does not declare, or a value not of its default's kind, raises
+    ValueError before anything runs.
     """
     import jupytext
     import nbformat
@@ -69,6 +108,7 @@ def execute_notebook(source: str | Path, output: str | Path, parameters: dict | 
     if unknown:
         raise ValueError(f"{source.name} has no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters are: {', '.join(known) or 'none'}")
+    check_parameter_types(source.name, parameters or {}, notebook_defaults(nb))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     with tempfile.TemporaryDirectory() as tmp:
         done = Path(tmp) / output.name

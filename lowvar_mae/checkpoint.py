@@ -11,8 +11,10 @@ corrupted or truncated file is named instead of loaded. Nothing is ever unpickle
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -244,7 +246,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class run_lock:
-    """``with run_lock(run_dir):`` holds ``<run_dir>/.lock`` (pid and host) for the block.
+    """``with run_lock(run_dir):`` holds ``<run_dir>/.lock`` (pid and host) for the block;
+    ``run_lock(folder, name)`` holds ``<folder>/<name>`` (the lock of a whole command on one
+    run, beside its folder: :func:`command_lock`).
 
     A second process asking for the same folder gets RunLockedError naming the holder. A
     lock left by a process that no longer runs (on this host) is stale and taken over.
@@ -252,8 +256,9 @@ class run_lock:
 
     _held: dict[str, int] = {}
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK
+    def __init__(self, run_dir: str | Path, name: str = LOCK):
+        self.path = Path(run_dir) / name
+        self._made_folder = False
 
     def __enter__(self):
         import os
@@ -263,11 +268,16 @@ class run_lock:
         if key in self._held:
             self._held[key] += 1
             return self
+        self._made_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
+        # The lock appears with its content at once (a hard link of a written file), so a
+        # process that finds it never reads it half-written and takes it for stale.
+        mine = self.path.with_name(f"{self.path.name}.{me['pid']}.tmp")
+        mine.write_text(json.dumps(me))
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(mine, self.path)
             except FileExistsError:
                 try:
                     holder = json.loads(self.path.read_text() or "{}")
@@ -275,15 +285,26 @@ class run_lock:
                     holder = {}
                 pid, host = holder.get("pid"), holder.get("host")
                 if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)):
+                    mine.unlink(missing_ok=True)
+                    self._forget_folder()
                     raise RunLockedError(f"{self.path.parent} is in use by process {pid} on {host}; wait for it "
                                          f"to finish, or delete {self.path} if that process is gone") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
+            mine.unlink(missing_ok=True)
             self._held[key] = 1
             return self
+        mine.unlink(missing_ok=True)
+        self._forget_folder()
         raise RunLockedError(f"could not take {self.path}")
+
+    def _forget_folder(self) -> None:
+        """Remove the folder made only to hold the lock, if nothing else landed in it."""
+        if self._made_folder:
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
 
     def __exit__(self, *exc):
         key = str(self.path.resolve())
@@ -291,7 +312,18 @@ class run_lock:
         if not self._held[key]:
             del self._held[key]
             self.path.unlink(missing_ok=True)
+            self._forget_folder()
         return False
+
+
+def command_lock(run_dir: str | Path) -> run_lock:
+    """The lock a command holds on the run ``run_dir`` from before it touches anything (the
+    run folder, its ``--force`` staging folder, its record) until it returns:
+    ``<runs>/.<run name>.lock``. Only the first process of a torchrun job takes it."""
+    run_dir = Path(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return run_lock(run_dir.parent, f".{run_dir.name}.lock")
 
 
 def staging_dir(run_dir: str | Path) -> Path:

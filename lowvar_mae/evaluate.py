@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointError, latest_checkpoint, load_weights, open_run_folder, replace_run,
-                         save_checkpoint, staging_dir)
+from .checkpoint import (CheckpointError, command_lock, latest_checkpoint, load_weights, open_run_folder,
+                         replace_run, save_checkpoint, staging_dir)
 from .data import load_dataset, validation_split
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, set_attention
 from .pretrain import is_finished
@@ -431,6 +431,14 @@ def evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | No
     re-running a notebook does not count a run twice. force: evaluate again into a staging
     folder that replaces the run folder (not the pretraining run) only when it finishes.
     """
+    with command_lock(runs_dir(root) / config.run_name):
+        return _evaluate(config, root=root, results_root=results_root, device=device, force=force,
+                         progress=progress, stop_after=stop_after, record=record)
+
+
+def _evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | None = None,
+              results_root: str | os.PathLike | None = None, device: str | None = "auto", force: bool = False,
+              progress: bool = True, stop_after: int | None = None, record: bool = True) -> EvalResult:
     dev = resolve_device(device)
     dist = init_distributed(dev)
     if dev.type == "cuda" and dist.world_size > 1:

@@ -240,7 +240,8 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
         source = pretrain_config(cell)
         if source is not None:
             hooks = [] if parse_target(source.target).masks_components else \
-                [band_hook(source, n_eval=BAND_IMAGES, every=max(1, source.probe_every), device=device, root=root)]
+                [band_hook(source, n_eval=BAND_IMAGES, every=max(1, source.probe_every), device=device, root=root,
+                           at_most=True)]
             run = pretrain(source, root=root, device=device, progress=progress, epoch_hooks=hooks)
             if hooks:
                 path = record_learning_order(run, results_root, device=device, log=log)
@@ -266,7 +267,8 @@ def record_learning_order(run, results_root=None, *, device: str = "auto", log=p
         log(f"grid: {run.run_dir.name} has no band errors at its last epoch (trained without them); "
             "no learning-order record")
         return None
-    note = f"grid run: band errors of {BAND_IMAGES} test images at epoch 1, every probe epoch and the last"
+    note = f"grid run: band errors of the first {BAND_IMAGES} test images (or all, if fewer) at epoch 1, every probe " \
+        "epoch and the last"
     where = str(next(run.model.parameters()).device)
     return write_record(LEARNING_ORDER_KIND, learning_order_fields(run, note), device=where, root=results_root)
 

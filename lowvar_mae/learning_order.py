@@ -218,7 +218,8 @@ def has_band_metrics(metrics: Sequence[dict]) -> bool:
 
 
 def band_hook(config, *, n_eval: int = 256, every: int = 1, bands: Sequence[float] = DECILES,
-              device: str | None = "auto", root: str | os.PathLike | None = None) -> Callable[[nn.Module, int], dict]:
+              device: str | None = "auto", root: str | os.PathLike | None = None,
+              at_most: bool = False) -> Callable[[nn.Module, int], dict]:
     """:func:`learning_order_hook` for pretraining run ``config``: band errors of the first
     ``n_eval`` test images at epoch 1, every ``every`` epochs and at the last epoch, in the
     bands of the dataset's PCA (the basis a pca-* target is filtered with), the mask drawn
@@ -228,6 +229,8 @@ def band_hook(config, *, n_eval: int = 256, every: int = 1, bands: Sequence[floa
     dev = resolve_device(device)
     basis = dataset_basis(config.dataset, root=root, device=dev)
     test = load_dataset(config.dataset, "test")
+    if at_most:  # a small test split (a subset on purpose) gives all it has
+        n_eval = min(n_eval, len(test))
     if n_eval > len(test):
         raise ValueError(f"n_eval={n_eval} is more than the {len(test)} test images of {config.dataset}")
     batch01 = test.to_tensor(dev)[:n_eval].float() / 255

@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import NonFiniteWeightsError, latest_checkpoint, load_weights, open_run_folder, replace_run, staging_dir, unwrap
+from .checkpoint import (NonFiniteWeightsError, command_lock, latest_checkpoint, load_weights, open_run_folder,
+                         replace_run, staging_dir, unwrap)
 from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
@@ -112,6 +113,14 @@ def pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, d
     epochs of this call (the run resumes later). epoch_hooks: functions
     ``hook(model, epoch) -> dict`` whose results are added to the epoch's metrics.
     """
+    with command_lock(runs_dir(root) / config.run_name):
+        return _pretrain(config, root=root, device=device, force=force, progress=progress, stop_after=stop_after,
+                         epoch_hooks=epoch_hooks)
+
+
+def _pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, device: str | None = "auto",
+              force: bool = False, progress: bool = True, stop_after: int | None = None,
+              epoch_hooks: list[Callable] | None = None) -> PretrainRun:
     dev = resolve_device(device)
     dist = init_distributed(dev)
     if dev.type == "cuda" and dist.world_size > 1:

@@ -159,6 +159,20 @@ def _cli(capsys):
     raise ValueError(err)
 
 
+def _cli_line(capsys, argv):
+    """Run the command line; it must exit 2 with one line and no traceback: that line is the error."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    raise ValueError(err)
+
+
+def _notebook_range(tmp, monkeypatch, capsys):
+    monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp / "nb-runs"))
+    monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp / "nb-results"))
+    _cli_line(capsys, ["notebooks", "02", "-p", "epochs", "0", "--out", str(tmp / "nb")])
+
+
 def _cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -209,6 +223,9 @@ def cases(tmp, monkeypatch, capsys):
         "locked": lambda: _locked(tmp),
         "basis-provenance": lambda: _basis(tmp, monkeypatch),
         "cli": lambda: _cli(capsys),
+        "notebook-type": lambda: _cli_line(capsys, ["notebooks", "02", "-p", "seed", "abc", "--out", str(tmp / "nb")]),
+        "notebook-yaml": lambda: _cli_line(capsys, ["notebooks", "03", "-p", "seeds", "[0, 1", "--out", str(tmp / "nb")]),
+        "notebook-range": lambda: _notebook_range(tmp, monkeypatch, capsys),
     }
 
 

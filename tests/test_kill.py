@@ -80,3 +80,29 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert [m["epoch"] for m in read_metrics(run_dir)] == [1, 2, 3, 4]
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+@pytest.mark.slow
+def test_two_forced_commands_on_one_run_do_not_mix(tmp_path):
+    """Two identical `pretrain --force` started together: one trains, the other refuses at once
+    with a message naming the holder, and the run that lands is whole (one line per epoch)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOWVAR_MAE_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lowvar_mae", "pretrain", "--recipe", "quick", "--n-train", "256", "--epochs", "3",
+           "--batch-size", "64", "--force", "--no-progress"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in (first, second)]
+    codes = sorted(code for *_, code in results)
+    assert codes == [0, 2], results
+    refused = next(err for _, err, code in results if code == 2)
+    assert "is in use by process" in refused and len(refused.strip().splitlines()) == 1
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("pretrain-")]
+    assert len(runs) == 1
+    lines = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert not [p.name for p in (tmp_path / "runs").iterdir() if p.name.endswith((".lock", ".new", ".tmp"))]
