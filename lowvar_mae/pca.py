@@ -221,12 +221,38 @@ def as_unit_float(images: Tensor | np.ndarray, dtype: torch.dtype = torch.float3
     return images.to(dtype)
 
 
+def check_images(images: Tensor | np.ndarray, where: str = "images") -> None:
+    """Raise ValueError unless ``images`` are (N, C, H, W) with 1 or 3 channels, uint8 or
+    finite floats in [0, 1]: a channels-last array, a float array on the 0-255 scale or a
+    NaN would otherwise give a wrong basis without a word."""
+    x = torch.as_tensor(images)
+    if x.ndim != 4:
+        raise ValueError(f"{where}: expected images (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3):
+        hint = " (channels last? use .permute(0, 3, 1, 2))" if x.shape[-1] in (1, 3) else ""
+        raise ValueError(f"{where}: expected 1 or 3 channels in dimension 1 of (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}{hint}")
+    if x.dtype == torch.uint8 or not len(x):
+        return
+    if not x.is_floating_point():
+        raise ValueError(f"{where}: images must be uint8 or floating point in [0, 1], got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{where}: images hold NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"{where}: float images must lie in [0, 1], got values in [{low:g}, {high:g}]"
+                         + (" (on the 0-255 scale? divide by 255, or pass uint8)" if high > 1.5 else ""))
+
+
 def _iter_batches(images: Tensor | np.ndarray | Iterable, batch_size: int) -> Iterable[Tensor]:
     if isinstance(images, (Tensor, np.ndarray)):
         for start in range(0, len(images), batch_size):
             yield torch.as_tensor(images[start:start + batch_size])
     else:
-        yield from (torch.as_tensor(b) for b in images)
+        for i, batch in enumerate(images):
+            batch = torch.as_tensor(batch)
+            check_images(batch, f"batch {i}")
+            yield batch
 
 
 class CovarianceAccumulator:
@@ -355,6 +381,7 @@ def fit_pca(
             raise ValueError(f"expected images (N, C, H, W), got shape {tuple(images.shape)}")
         if len(images) == 0:
             raise ValueError("cannot fit PCA on an empty dataset (0 images)")
+        check_images(images)
     if solver == "topk":
         if method != "auto":
             raise ValueError(f"method={method!r} applies to the exact solver; the topk solver takes none")
