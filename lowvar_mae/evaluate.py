@@ -73,7 +73,7 @@ from .pretrain import is_finished
 from .probes import (LinearConfig, LinearProbe, _batched, build_head, choose_pooling, choose_weight_decay,
                      extract_features, extract_pooled, knn_accuracy, linear_accuracy)
 from .provenance import OtherLoad, atomic_write_json, results_dir, runs_dir
-from .recipes import NO_TARGET, FinetuneConfig, KNNConfig, PretrainConfig, _EvalConfig
+from .recipes import NO_TARGET, FinetuneConfig, KNNConfig, _EvalConfig, read_run_config
 from .results import write_record
 from .targets import parse_target
 from .train import (DeviceData, Distributed, LoopConfig, augment, build_optimizer, fits_on, init_distributed, normalize,
@@ -161,7 +161,7 @@ def load_pretrained_encoder(run_dir: str | os.PathLike, model: str | None = None
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise CheckpointError(f"pretraining run {run_dir} has no checkpoint (latest.json is missing)")
-    config = PretrainConfig.from_dict({k: v for k, v in raw.items() if k != "run_name"})
+    config = read_run_config(run_dir)
     if not is_finished(run_dir, config):
         done = len(read_metrics(run_dir))
         raise CheckpointError(f"pretraining run {run_dir} is unfinished ({done} of {config.epochs} epochs, "

@@ -51,6 +51,7 @@ Two ways to compute a bottom image
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -590,6 +591,7 @@ def save_basis(basis: PCABasis, path: str | os.PathLike) -> Path:
         "components": basis.components.detach().cpu().to(torch.float32).contiguous(),
     }
     meta = {k: json.dumps(v) for k, v in basis.metadata().items()}
+    meta["sha256"] = json.dumps(_tensors_digest(tensors))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -601,16 +603,39 @@ def save_basis(basis: PCABasis, path: str | os.PathLike) -> Path:
     return path
 
 
+class BasisWithoutDigest(ValueError):
+    """A basis file written before bases carried the SHA-256 of their tensors."""
+
+
+def _tensors_digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_basis(path: str | os.PathLike, device: torch.device | str = "cpu") -> PCABasis:
-    """Read a basis written by ``save_basis``. Components come back as float64."""
-    from safetensors import safe_open
+    """Read a basis written by ``save_basis``, checked against the SHA-256 of its tensors it
+    was written with. Components come back as float64. A file that cannot be read, or whose
+    tensors changed since they were written, raises ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a PCA basis of format {FORMAT} (found {meta.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in ("mean", "eigenvalues", "components")}
+    remedy = "delete it and the basis is fitted again"
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path} is not a PCA basis of format {FORMAT} (found {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in ("mean", "eigenvalues", "components")}
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path} cannot be read as a PCA basis ({type(err).__name__}: {err}); {remedy}") from None
+    if "sha256" not in meta:
+        raise BasisWithoutDigest(f"{path} has no digest of its tensors (written by an older version); {remedy}")
+    if _tensors_digest(tensors) != meta["sha256"]:
+        raise ValueError(f"{path}: its tensors do not match the SHA-256 they were written with (changed or "
+                         f"damaged); {remedy}")
     return PCABasis(
         mean=tensors["mean"].to(device),
         eigenvalues=tensors["eigenvalues"].to(device),

@@ -29,7 +29,7 @@ from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
 from .provenance import OtherLoad, atomic_write_json, runs_dir
-from .recipes import PretrainConfig
+from .recipes import PretrainConfig, read_run_config
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
 from .train import (DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on, init_distributed, normalize,
                     read_metrics, resolve_attention, resolve_device, resolve_precision, scaled_lr, train_loop)
@@ -247,9 +247,7 @@ def probe_curve(run_dir: str | Path) -> list[dict]:
 def load_run(run_dir: str | Path, device: str = "cpu") -> PretrainRun:
     """A finished (or partly trained) run folder: config, metrics, and the model at its last checkpoint."""
     run_dir = Path(run_dir)
-    raw = json.loads((run_dir / "config.json").read_text())
-    raw.pop("run_name", None)
-    config = PretrainConfig.from_dict(raw)
+    config = read_run_config(run_dir)
     model = build_mae(config.model, mask_ratio=config.mask_ratio).to(device)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:

@@ -17,6 +17,7 @@ A config's run name is a readable prefix and a hash of every field that changes 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,26 @@ class PretrainConfig(RunConfig):
         digest = self.digest()
         target = self.target.replace(":", "")
         return f"pretrain-{self.dataset}-{target}-{self.recipe}-e{self.epochs}-s{self.seed}-{digest}"
+
+
+def read_run_config(run_dir: str | os.PathLike) -> PretrainConfig:
+    """The config in ``<run_dir>/config.json``, checked against the folder: its run name
+    (readable prefix and hash of every field) must be the folder's, so an edited or moved
+    config is refused instead of labelling the run's results with the wrong settings."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        config = PretrainConfig.from_dict({k: v for k, v in raw.items() if k != "run_name"})
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} cannot be read as a pretraining config ({err}); the run folder is "
+                              "damaged: train it again (--force)") from None
+    if config.run_name != run_dir.name and run_dir.name != f".{config.run_name}.new":
+        raise CheckpointError(f"{path} describes run {config.run_name}, not the folder {run_dir.name}: the config "
+                              "was edited or moved; restore it, or train the run again")
+    return config
 
 
 def make_config(recipe: str = "quick", dataset: str = "synthetic", target: str = "pixels", **overrides) -> PretrainConfig:
@@ -442,5 +463,5 @@ def make_eval_config(metric: str, recipe: str = "quick", pretrain=None, *, datas
     return FinetuneConfig(protocol=metric, recipe=recipe, **values)
 
 
-__all__ = ["PRETRAIN_RECIPES", "MODEL_PRESETS", "PretrainConfig", "make_config", "PROTOCOLS", "METRICS", "NO_TARGET",
+__all__ = ["PRETRAIN_RECIPES", "MODEL_PRESETS", "PretrainConfig", "read_run_config", "make_config", "PROTOCOLS", "METRICS", "NO_TARGET",
            "EVAL_NOT_IN_NAME", "EVAL_RECIPES", "FinetuneConfig", "KNNConfig", "make_eval_config"]

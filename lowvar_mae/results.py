@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,7 +93,13 @@ def load_records(kind: str, root: str | os.PathLike | None = None):
             paths.setdefault(path.name, path)
     rows = []
     for path in paths.values():
-        rec = json.loads(path.read_text())
+        try:
+            rec = json.loads(path.read_text())
+            if not isinstance(rec, dict) or not isinstance(rec.get("provenance", {}), dict):
+                raise ValueError("not a JSON object with a provenance object")
+        except (OSError, ValueError) as err:  # one bad file must not hide the others
+            warnings.warn(f"skipping record {path}: {err}; repair or delete it", stacklevel=2)
+            continue
         prov = rec.pop("provenance", {})
         rows.append({**rec, **{k: v for k, v in prov.items() if k != "versions"},
                      "torch": prov.get("versions", {}).get("torch"), "file": path.name})

@@ -319,7 +319,10 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
     source = images_digest(images)
     path = basis_path(dataset, source, root=root)
     if path.is_file() and not refit:
-        basis = pca.load_basis(path, device=device)
+        try:
+            basis = pca.load_basis(path, device=device)
+        except pca.BasisWithoutDigest:  # a cache from before digests: fit it again (the fit is deterministic)
+            return dataset_basis(dataset, images=images, root=root, device=device, refit=True)
         if basis.source != source or basis.dataset != dataset or basis.split != "train":
             raise ValueError(f"{path} was fitted on other images ({basis.dataset}/{basis.split}, source "
                              f"{basis.source[:12] or 'unknown'}) than {dataset}'s training split here "

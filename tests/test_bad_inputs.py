@@ -173,6 +173,38 @@ def _notebook_range(tmp, monkeypatch, capsys):
     _cli_line(capsys, ["notebooks", "02", "-p", "epochs", "0", "--out", str(tmp / "nb")])
 
 
+def _tampered_basis(tmp):
+    """A cached basis whose top eigenvector was doubled, still a valid safetensors file."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    basis = pca.fit_pca(load_dataset("synthetic", "train", n=40).to_tensor(), dataset="synthetic")
+    path = pca.save_basis(basis, tmp / "basis" / "b.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["components"][:, 0] *= 2
+    save_file(tensors, str(path), metadata=meta)
+    pca.load_basis(path)
+
+
+def _truncated_basis(tmp):
+    basis = pca.fit_pca(load_dataset("synthetic", "train", n=40).to_tensor(), dataset="synthetic")
+    path = pca.save_basis(basis, tmp / "basis" / "b.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    pca.load_basis(path)
+
+
+def _edited_config(tmp):
+    """A finished run whose config.json had its target edited afterwards."""
+    from lowvar_mae.pretrain import load_run
+
+    config = make_config("quick", "synthetic", "pixels", n_train=32, epochs=1, batch_size=32)
+    run = pretrain(config, root=tmp / "elsewhere", progress=False)
+    raw = json.loads((run.run_dir / "config.json").read_text())
+    (run.run_dir / "config.json").write_text(json.dumps({**raw, "target": "pca-bottom:0.25"}))
+    load_run(run.run_dir)
+
+
 def _cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -223,6 +255,9 @@ def cases(tmp, monkeypatch, capsys):
         "locked": lambda: _locked(tmp),
         "basis-provenance": lambda: _basis(tmp, monkeypatch),
         "cli": lambda: _cli(capsys),
+        "basis-tampered": lambda: _tampered_basis(tmp),
+        "config-edited": lambda: _edited_config(tmp),
+        "basis-truncated": lambda: _truncated_basis(tmp),
         "pca-nan": lambda: pca.fit_pca(torch.full((4, 3, 4, 4), float("nan"))),
         "pca-scale": lambda: pca.fit_pca(torch.rand(4, 3, 4, 4) * 255),
         "pca-layout": lambda: pca.fit_pca(torch.rand(4, 8, 8, 3)),

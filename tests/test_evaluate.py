@@ -216,10 +216,11 @@ def test_results_table_against_numpy_and_missing_cells():
 
 def fake_pretrain_run(runs, name, mae, *, finished=True, config=None):
     """A pretraining run folder as lowvar_mae.pretrain leaves it, holding ``mae``'s weights."""
-    config = config or PretrainConfig(model="micro", epochs=1)
-    run = runs / name
+    # a folder is named after its config (the loader checks it): one seed per name
+    config = config or PretrainConfig(model="micro", epochs=1, seed=sum(map(ord, name)))
+    run = runs / config.run_name
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({**config.to_dict(), "run_name": name}))
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "run_name": config.run_name}))
     if mae is not None:
         save_checkpoint(run, 1, mae, None, {})
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 1.0}) + "\n")
@@ -250,28 +251,30 @@ def test_bad_pretraining_runs_fail_clearly(dirs):
     for k, v in encoder.state_dict().items():
         assert torch.equal(v, mae.encoder.state_dict()[k]), k
 
-    edit_weights(fake_pretrain_run(runs, "missing", mae), lambda w: w.pop("encoder.norm.weight"))
+    missing = fake_pretrain_run(runs, "missing", mae)
+    edit_weights(missing, lambda w: w.pop("encoder.norm.weight"))
     with pytest.raises(CheckpointError, match="missing keys: norm.weight"):
-        ev.load_pretrained_encoder(runs / "missing", model="micro")
-    edit_weights(fake_pretrain_run(runs, "extra", mae), lambda w: w.update({"encoder.extra": torch.zeros(1)}))
+        ev.load_pretrained_encoder(missing, model="micro")
+    extra = fake_pretrain_run(runs, "extra", mae)
+    edit_weights(extra, lambda w: w.update({"encoder.extra": torch.zeros(1)}))
     with pytest.raises(CheckpointError, match="unexpected keys: extra"):
-        ev.load_pretrained_encoder(runs / "extra", model="micro")
-    fake_pretrain_run(runs, "wider", build_mae("micro", embed_dim=48))
+        ev.load_pretrained_encoder(extra, model="micro")
+    wide = fake_pretrain_run(runs, "wider", build_mae("micro", embed_dim=48))
     wider = r"does not fit ViTEncoder: shape mismatches: blocks.0.attn.proj.bias: checkpoint \(48,\) vs model \(32,\)"
     with pytest.raises(CheckpointError, match=wider):
-        ev.load_pretrained_encoder(runs / "wider", model="micro")
+        ev.load_pretrained_encoder(wide, model="micro")
     with pytest.raises(CheckpointError, match="used model 'micro', the evaluation expects 'small-cifar'"):
         ev.load_pretrained_encoder(good, model="small-cifar")
-    fake_pretrain_run(runs, "empty", None, finished=False)
+    empty = fake_pretrain_run(runs, "empty", None, finished=False)
     with pytest.raises(CheckpointError, match="has no checkpoint"):
-        ev.load_pretrained_encoder(runs / "empty")
-    fake_pretrain_run(runs, "half", mae, finished=False)
+        ev.load_pretrained_encoder(empty)
+    half = fake_pretrain_run(runs, "half", mae, finished=False)
     with pytest.raises(CheckpointError, match="unfinished"):
-        ev.load_pretrained_encoder(runs / "half")
+        ev.load_pretrained_encoder(half)
     with pytest.raises(CheckpointError, match="no pretraining run"):
         ev.load_pretrained_encoder(runs / "nowhere")
     # evaluate() goes through the same strict loading: it never falls back to a random encoder
-    cfg = micro_config(target="pixels", pretrain_run="missing")
+    cfg = micro_config(target="pixels", pretrain_run=missing.name)
     with pytest.raises(CheckpointError, match="missing keys"):
         ev.evaluate(cfg, progress=False)
     assert not (runs / cfg.run_name / "summary.json").exists()

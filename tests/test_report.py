@@ -188,3 +188,19 @@ def test_subspace_difference_pairs_seeds_and_matches_a_t_interval():
     full = report.subspace_difference(frame, "convnet", a=("full", None), b=("top", 0.9))
     assert full["n"] == 1 and full["differences"] == pytest.approx([0.90 - 0.70])
     assert report.subspace_difference(frame, "linear") is None  # no bottom-20% record to pair with
+
+
+def test_a_torn_record_is_skipped_with_a_warning_naming_it(tmp_path):
+    import warnings
+
+    from lowvar_mae.results import load_records, write_record
+
+    write_record("eval", {"dataset": "cifar10", "value": 0.5}, device="cpu", root=tmp_path)
+    (tmp_path / "eval" / "torn.json").write_text('{"dataset": "cifar10", "val')
+    (tmp_path / "eval" / "list.json").write_text("[1, 2]")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = load_records("eval", tmp_path)
+    assert len(records) == 1 and records.iloc[0]["value"] == 0.5
+    said = " ".join(str(w.message) for w in caught)
+    assert "torn.json" in said and "list.json" in said and "repair or delete it" in said
