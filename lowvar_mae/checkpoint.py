@@ -346,17 +346,15 @@ def replace_run(staged: str | Path, final: str | Path) -> Path:
     return final
 
 
-def check_writable(folder: str | Path) -> None:
+def check_writable(folder: str | Path, what: str = "the run folder",
+                   remedy: str = "set LOWVAR_MAE_RUNS or --runs to a writable folder") -> None:
     """Raise RuntimeError naming ``folder`` (or its first existing parent) if it cannot be written."""
-    import os
-
     folder = Path(folder)
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise RuntimeError(f"cannot write the run folder {folder}: {probe} is not writable "
-                           "(set LOWVAR_MAE_RUNS or --runs to a writable folder)")
+        raise RuntimeError(f"cannot write {what} {folder}: {probe} is not writable ({remedy})")
 
 
 def open_run_folder(run_dir: str | Path, config, device: str, **fields) -> Path:

@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointError, command_lock, latest_checkpoint, load_weights, open_run_folder,
-                         replace_run, save_checkpoint, staging_dir)
+from .checkpoint import (CheckpointError, check_writable, command_lock, latest_checkpoint, load_weights,
+                         open_run_folder, replace_run, save_checkpoint, staging_dir)
 from .data import load_dataset, validation_split
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, set_attention
 from .pretrain import is_finished
@@ -443,6 +443,9 @@ def _evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | N
     dist = init_distributed(dev)
     if dev.type == "cuda" and dist.world_size > 1:
         dev = torch.device("cuda", dist.local_rank)
+    if record and dist.is_main:  # before anything is computed, not after
+        check_writable(results_dir(results_root) / RECORD_KIND, "the records folder",
+                       "set LOWVAR_MAE_RESULTS to a writable folder")
     final_dir = run_dir = runs_dir(root) / config.run_name
     if force:  # evaluate again beside the old run; it is replaced only when the new one finishes
         run_dir = staging_dir(final_dir)

@@ -153,11 +153,17 @@ def _pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, 
     target_fn = make_target(config.target, basis=basis, patch_size=model.config.patch_size,
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
     pc_masking = make_pc_masking(spec, basis, device=dev) if spec.masks_components else None
+    if len(train) < config.batch_size:
+        raise ValueError(f"{len(train)} training images are fewer than one batch of {config.batch_size}: lower "
+                         "batch_size or raise n_train")
+    if tuple(images.shape[-2:]) != (model.config.img_size, model.config.img_size):
+        raise ValueError(f"model {config.model!r} takes {model.config.img_size}x{model.config.img_size} images, "
+                         f"{config.dataset} has {images.shape[-2]}x{images.shape[-1]}: choose a model preset for it")
+    recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
     if dist.is_main:
         open_run_folder(run_dir, config, str(dev), seed=config.seed, precision=precision, attention=attention,
                         world_size=dist.world_size,
                         pca_basis=basis_provenance(basis) if basis is not None else None)
-    recon_x = load_dataset(config.dataset, "test").to_tensor(dev)[:8].float() / 255
 
     data = DeviceData(images, torch.as_tensor(train.labels), config.batch_size, dist=dist, device=dev)
     peak = scaled_lr(config.base_lr, config.batch_size)

@@ -22,6 +22,9 @@ def repo_root() -> Path | None:
 
 def _default_dir(env: str, name: str, explicit: str | os.PathLike | None) -> Path:
     if explicit is not None:
+        if not str(explicit).strip():
+            raise ValueError(f"the {name} folder is given as an empty string: name a folder (or leave it out for "
+                             f"${env} or the default)")
         return Path(explicit).expanduser()
     if os.environ.get(env):
         return Path(os.environ[env]).expanduser()
@@ -38,7 +41,7 @@ DEFAULT_RUNS = Path("~/.cache/lowvar-mae/runs")
 
 def runs_dir(path: str | os.PathLike | None = None) -> Path:
     """Run folders (checkpoints, metrics): argument > $LOWVAR_MAE_RUNS > ~/.cache/lowvar-mae/runs."""
-    if path is None and not os.environ.get("LOWVAR_MAE_RUNS"):
+    if path is None and not os.environ.get("LOWVAR_MAE_RUNS", "").strip():
         return DEFAULT_RUNS.expanduser()
     return _default_dir("LOWVAR_MAE_RUNS", "runs", path)
 

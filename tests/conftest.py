@@ -4,6 +4,24 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_folders(tmp_path_factory):
+    """No test writes into the machine's runs folder (long runs may be resuming there) or
+    into the committed results/: both point into a temporary folder unless a test says otherwise."""
+    import os
+
+    base = tmp_path_factory.mktemp("session")
+    before = {k: os.environ.get(k) for k in ("LOWVAR_MAE_RUNS", "LOWVAR_MAE_RESULTS")}
+    os.environ["LOWVAR_MAE_RUNS"] = str(base / "runs")
+    os.environ["LOWVAR_MAE_RESULTS"] = str(base / "results")
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Torch on one thread: the test machine's 2 cores are shared, and two threads per process
