@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -129,9 +130,10 @@ def save_checkpoint(run_dir: str | Path, epoch: int, model: nn.Module,
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         fsync_path(run_dir)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {err.strerror or err}; the previous "
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"could not write checkpoint {final}: {reason}; the previous "
                               f"checkpoint ({_pointer_name(run_dir)}) is intact: free space and resume") from None
     atomic_write_json(run_dir / LATEST, {"checkpoint": name, "epoch": epoch})
     for old in run_dir.glob("checkpoint-e*"):
@@ -334,16 +336,43 @@ def staging_dir(run_dir: str | Path) -> Path:
 
 def replace_run(staged: str | Path, final: str | Path) -> Path:
     """Swap a finished ``staged`` run folder in for ``final``: the old folder is moved aside,
-    the new one renamed into place, and only then the old one deleted."""
+    the new one renamed into place, and only then the old one deleted. A process killed
+    between the two renames leaves ``.<name>.old`` and no ``<name>``: :func:`recover_replacement`
+    puts it back on the next start."""
     staged, final = Path(staged), Path(final)
     old = final.parent / f".{final.name}.old"
+    recover_replacement(final)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
+        fsync_path(final.parent)
     staged.rename(final)
     fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def recover_replacement(final: str | Path) -> str | None:
+    """Finish or undo a replacement of run folder ``final`` that a kill interrupted between its
+    two renames (``.<name>.old`` present, ``<name>`` missing): the old folder is put back (the
+    new one, if finished, is still in its staging folder and replaces it on the next
+    ``--force``). Returns what was done, or None when there was nothing to recover."""
+    final = Path(final)
+    old = final.parent / f".{final.name}.old"
+    if old.is_dir() and not final.exists():
+        old.rename(final)
+        fsync_path(final.parent)
+        return f"restored {final} from an interrupted replacement"
+    return None
+
+
+def refuse_link(final: str | Path) -> None:
+    """A forced run replaces folders: a run folder that is a symbolic link is refused."""
+    final = Path(final)
+    if final.is_symlink():
+        raise RuntimeError(f"the run folder {final} is a link to {os.readlink(final)}: --force replaces folders, "
+                           "not links; point --runs (or LOWVAR_MAE_RUNS) at the folder the link leads to, or "
+                           "remove the link")
 
 
 def check_writable(folder: str | Path, what: str = "the run folder",

@@ -66,7 +66,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import (CheckpointError, check_writable, command_lock, latest_checkpoint, load_weights,
-                         open_run_folder, replace_run, save_checkpoint, staging_dir)
+                         open_run_folder, recover_replacement, refuse_link, replace_run, save_checkpoint,
+                         staging_dir)
 from .data import load_dataset, validation_split
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, set_attention
 from .pretrain import is_finished
@@ -447,6 +448,10 @@ def _evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | N
         check_writable(results_dir(results_root) / RECORD_KIND, "the records folder",
                        "set LOWVAR_MAE_RESULTS to a writable folder")
     final_dir = run_dir = runs_dir(root) / config.run_name
+    if dist.is_main:
+        recover_replacement(final_dir)
+    if force:
+        refuse_link(final_dir)
     if force:  # evaluate again beside the old run; it is replaced only when the new one finishes
         run_dir = staging_dir(final_dir)
         if dist.is_main:

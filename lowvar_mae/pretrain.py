@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import (NonFiniteWeightsError, command_lock, latest_checkpoint, load_weights, open_run_folder,
-                         replace_run, staging_dir, unwrap)
+                         recover_replacement, refuse_link, replace_run, staging_dir, unwrap)
 from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
@@ -126,11 +126,15 @@ def _pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, 
     if dev.type == "cuda" and dist.world_size > 1:
         dev = torch.device("cuda", dist.local_rank)
     final_dir = run_dir = runs_dir(root) / config.run_name
+    if dist.is_main:
+        recover_replacement(final_dir)  # a replacement killed between its renames
     torch.manual_seed(config.seed)  # the initial weights
     model = build_mae(config.model, mask_ratio=config.mask_ratio).to(dev)
     if not force and is_finished(run_dir, config):
         load_weights(model, latest_checkpoint(run_dir))
         return PretrainRun(run_dir, config, model, read_metrics(run_dir), trained_now=False)
+    if force:
+        refuse_link(final_dir)
     if force:  # train beside the old run; it is replaced only when the new one finishes
         run_dir = staging_dir(final_dir)
         if dist.is_main:

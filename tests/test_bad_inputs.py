@@ -205,6 +205,14 @@ def _edited_config(tmp):
     load_run(run.run_dir)
 
 
+def _force_link(tmp):
+    config = make_config("quick", "synthetic", "pixels", n_train=32, epochs=1, batch_size=32)
+    run = pretrain(config, root=tmp / "real", progress=False)
+    (tmp / "links").mkdir()
+    (tmp / "links" / run.run_dir.name).symlink_to(run.run_dir)
+    pretrain(config, root=tmp / "links", force=True, progress=False)
+
+
 def _cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -260,6 +268,7 @@ def cases(tmp, monkeypatch, capsys):
                                                root=tmp / "runs", progress=False),
         "model-image-size": lambda: pretrain(make_config("quick", "synthetic", "pixels", model="micro"),
                                              root=tmp / "runs", progress=False),
+        "force-link": lambda: _force_link(tmp),
         "runs-empty": lambda: _cli_line(capsys, ["pretrain", "--runs", "", "--epochs", "1"]),
         "config-edited": lambda: _edited_config(tmp),
         "basis-truncated": lambda: _truncated_basis(tmp),

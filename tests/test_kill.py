@@ -106,3 +106,72 @@ def test_two_forced_commands_on_one_run_do_not_mix(tmp_path):
     lines = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     assert not [p.name for p in (tmp_path / "runs").iterdir() if p.name.endswith((".lock", ".new", ".tmp"))]
+
+
+def test_a_replacement_killed_between_its_renames_is_recovered(tmp_path):
+    """The state a kill leaves between the two renames of a --force replacement: the old run
+    aside as .<name>.old, no <name>. The next start puts the old run back and loads it."""
+    from lowvar_mae.pretrain import pretrain
+    from lowvar_mae.recipes import make_config
+
+    config = make_config("quick", "synthetic", "pixels", n_train=32, epochs=1, batch_size=32)
+    run = pretrain(config, root=tmp_path, progress=False)
+    aside = tmp_path / f".{run.run_dir.name}.old"
+    run.run_dir.rename(aside)
+    again = pretrain(config, root=tmp_path, progress=False)
+    assert not again.trained_now and again.run_dir.is_dir() and not aside.exists()
+    # the next --force also starts from a recovered folder, and leaves no copy behind
+    run.run_dir.rename(aside)
+    forced = pretrain(config, root=tmp_path, force=True, progress=False)
+    assert forced.trained_now and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_force_on_a_linked_run_folder_is_refused(tmp_path):
+    from lowvar_mae.pretrain import pretrain
+    from lowvar_mae.recipes import make_config
+
+    config = make_config("quick", "synthetic", "pixels", n_train=32, epochs=1, batch_size=32)
+    run = pretrain(config, root=tmp_path / "real", progress=False)
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / run.run_dir.name
+    link.symlink_to(run.run_dir)
+    with pytest.raises(RuntimeError, match="is a link to .*--force replaces folders, not links"):
+        pretrain(config, root=tmp_path / "links", force=True, progress=False)
+    assert link.is_symlink() and link.resolve() == run.run_dir.resolve()
+
+
+def _write_checkpoint_into(folder):
+    from lowvar_mae.checkpoint import save_checkpoint
+    from lowvar_mae.models import build_mae
+
+    model = build_mae("small-cifar")
+    save_checkpoint(folder, 1, model, torch.optim.AdamW(model.parameters()), {})
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_checkpoint_write_is_one_error_and_leaves_nothing(tmp_path):
+    """A real full disk where the machine lets a test mount a small tmpfs; else skipped."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or done.returncode})")
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="could not write checkpoint .*free space and resume"):
+            _write_checkpoint_into(mount / "run")
+        assert [p.name for p in (mount / "run").iterdir()] == []  # the temporary folder is gone
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_write_error_of_the_weights_file_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """The same on any machine: safetensors' own error (not an OSError) from the writer."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(checkpoint.CheckpointError, match="could not write checkpoint .*No space left"):
+        _write_checkpoint_into(tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == []
