@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .provenance import atomic_write_json, dumps_json, fsync_path
+from .provenance import atomic_write_json, dumps_json, fsync_path, read_json
 
 LATEST = "latest.json"
 
@@ -220,7 +220,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """Restore model (and optimiser) from a checkpoint folder; returns its state.json."""
     path = Path(path)
     load_weights(model, path)
-    meta = json.loads((path / "state.json").read_text())
+    meta = read_json(path / "state.json", "the checkpoint is damaged: delete it and resume from the run's start, "
+                     "or train again (--force)")
     if optimizer is not None:
         verify_digest(path / "optimizer.safetensors")
         # load_state_dict moves each state tensor to its parameter's device.
@@ -400,7 +401,7 @@ def open_run_folder(run_dir: str | Path, config, device: str, **fields) -> Path:
     if not path.is_file():
         atomic_write_json(path, {**provenance(device), **fields})
     else:  # a resumed run keeps its first provenance and lists every later start
-        first = json.loads(path.read_text())
+        first = read_json(path, "restore it, or train the run again (--force)")
         now = provenance(device)
         start = {k: now[k] for k in ("git_revision", "device_name", "threads", "host", "time_utc")}
         atomic_write_json(path, {**first, "resumes": [*first.get("resumes", []), start]})

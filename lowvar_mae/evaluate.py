@@ -54,10 +54,10 @@ the presentation's Table 1 beside them, figures).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +73,7 @@ from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, set_attentio
 from .pretrain import is_finished
 from .probes import (LinearConfig, LinearProbe, _batched, build_head, choose_pooling, choose_weight_decay,
                      extract_features, extract_pooled, knn_accuracy, linear_accuracy)
-from .provenance import OtherLoad, atomic_write_json, results_dir, runs_dir
+from .provenance import OtherLoad, atomic_write_json, read_json, results_dir, runs_dir
 from .recipes import NO_TARGET, FinetuneConfig, KNNConfig, _EvalConfig, read_run_config
 from .results import write_record
 from .targets import parse_target
@@ -155,7 +155,7 @@ def load_pretrained_encoder(run_dir: str | os.PathLike, model: str | None = None
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"no pretraining run at {run_dir} (no config.json); pretrain it first")
-    raw = json.loads((run_dir / "config.json").read_text())
+    raw = read_json(run_dir / "config.json", "the pretraining run folder is damaged: train it again (--force)")
     if model is not None and raw.get("model") != model:
         raise CheckpointError(f"pretraining run {run_dir} used model {raw.get('model')!r}, "
                               f"the evaluation expects {model!r}")
@@ -320,7 +320,7 @@ def fit_classifier(config: FinetuneConfig, encoder: ViTEncoder, splits: Splits, 
     best_ckpt = latest_checkpoint(_best_dir(run_dir))
     best = {"val": -1.0, "epoch": 0, "state": None}
     if best_ckpt is not None:  # resuming: the best epoch so far is on disk
-        state = json.loads((best_ckpt / "state.json").read_text())
+        state = read_json(best_ckpt / "state.json", "the best checkpoint is damaged: evaluate again (--force)")
         best.update(val=state["val_accuracy"], epoch=state["epoch"])
 
     def on_epoch_end(epoch: int, metrics: dict) -> dict:
@@ -399,7 +399,7 @@ def pretrain_provenance(run_dir: Path, summary: dict) -> dict:
     """What made a pretrained encoder, from its run folder: the code (git revision, and that
     of every resumed start), the machine, threads, precision and wall time."""
     path = run_dir / "provenance.json"
-    prov = json.loads(path.read_text()) if path.is_file() else {}
+    prov = read_json(path, "the pretraining run folder is damaged") if path.is_file() else {}
     return {"git_revision": prov.get("git_revision"), "device_name": prov.get("device_name"),
             "threads": prov.get("threads"), "host": prov.get("host"), "time_utc": prov.get("time_utc"),
             "precision": summary.get("precision", prov.get("precision")), "train_seconds": summary.get("train_seconds"),
@@ -415,7 +415,11 @@ def has_record(run_name: str, metric: str, results_root=None) -> bool:
 
     for folder in record_dirs(results_root):
         for path in (folder / RECORD_KIND).glob("*.json"):
-            rec = json.loads(path.read_text())
+            try:
+                rec = read_json(path, "repair or delete it")
+            except ValueError as err:  # one bad record does not stop the others being found
+                warnings.warn(f"skipping record: {err}", stacklevel=2)
+                continue
             if rec.get("run") == run_name and rec.get("metric") == metric:
                 return True
     return False
@@ -459,7 +463,7 @@ def _evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | N
 
     summary_file = run_dir / "summary.json"
     if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
+        summary = read_json(summary_file, "the evaluation run folder is damaged: evaluate again (--force)")
         result = EvalResult(run_dir, config, summary, read_metrics(run_dir), trained_now=False)
         if record and dist.is_main and not has_record(config.run_name, config.metric, results_root):
             result.record = write_record(RECORD_KIND, _record_fields(config, summary, run_dir),
@@ -479,7 +483,7 @@ def _evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | N
                 raise ValueError(f"config says {name}={getattr(config, name)!r}, "
                                  f"pretraining run {config.pretrain_run} has {value!r}")
         source_dir = runs_dir(root) / config.pretrain_run
-        done = json.loads((source_dir / "summary.json").read_text())
+        done = read_json(source_dir / "summary.json", "the pretraining run folder is damaged: train it again (--force)")
         pretrain_info = {"pretrain_recipe": raw.get("recipe"), "pretrain_epochs": raw.get("epochs"),
                          "pretrain_seconds": done.get("train_seconds"),
                          "pretrain_images_per_s": done.get("images_per_s"),
@@ -575,7 +579,11 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
                "max_iter": max_iter}
     if record:
         for path in sorted((results_dir(results_root) / BASELINE_KIND).glob("*.json")):
-            rec = json.loads(path.read_text())
+            try:
+                rec = read_json(path, "repair or delete it")
+            except ValueError as err:
+                warnings.warn(f"skipping record: {err}", stacklevel=2)
+                continue
             if all(rec.get(k) == v for k, v in setting.items()):
                 return {**rec, "record": str(path)}
     dev = resolve_device(device)

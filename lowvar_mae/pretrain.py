@@ -11,7 +11,6 @@ and, when the run is finished, ``summary.json``. Running a finished config again
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from .checkpoint import (NonFiniteWeightsError, command_lock, latest_checkpoint,
 from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
-from .provenance import OtherLoad, atomic_write_json, runs_dir
+from .provenance import OtherLoad, atomic_write_json, read_json, runs_dir
 from .recipes import PretrainConfig, read_run_config
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
 from .train import (DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on, init_distributed, normalize,
@@ -249,7 +248,7 @@ def probe_curve(run_dir: str | Path) -> list[dict]:
     """The calibration probe's validation accuracies by epoch (0: the initial weights)."""
     run_dir = Path(run_dir)
     first = run_dir / "probe-epoch0.json"
-    curve = [json.loads(first.read_text())] if first.is_file() else []
+    curve = [read_json(first, "delete it: the curve then starts at the first probed epoch")] if first.is_file() else []
     return curve + [{"epoch": m["epoch"], "probe_val": m["probe_val"]} for m in read_metrics(run_dir)
                     if "probe_val" in m]
 

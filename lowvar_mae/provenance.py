@@ -215,5 +215,18 @@ def dumps_json(obj: object, **kw) -> str:
     return json.dumps(json_safe(obj), allow_nan=False, **kw)
 
 
+def read_json(path: str | os.PathLike, remedy: str, *, kind: type = dict):
+    """The JSON in ``path``, which must be a ``kind`` (an object by default). A file that is
+    missing, torn or of another shape raises ValueError naming it and saying what to do."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read as JSON ({type(err).__name__}: {err}); {remedy}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not a {kind.__name__}; {remedy}")
+    return value
+
+
 def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
     return atomic_write_bytes(path, (dumps_json(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -27,7 +27,7 @@ from .data import DATASETS
 from .models import get_config
 from .pca import BOTTOM_METHODS as PCA_METHODS
 from .probes import FEATURES, KNN_K, KNN_TEMPERATURE
-from .provenance import runs_dir
+from .provenance import read_json, runs_dir
 from .targets import parse_target
 from .train import ATTENTIONS, AUGMENTATIONS, PRECISIONS
 
@@ -421,7 +421,8 @@ def _pretrain_source(pretrain) -> dict | None:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"no pretraining run at {path} (no config.json)")
-    return {**json.loads(config_file.read_text()), "run_name": path.name}
+    return {**read_json(config_file, "the pretraining run folder is damaged: train it again (--force)"),
+            "run_name": path.name}
 
 
 def make_eval_config(metric: str, recipe: str = "quick", pretrain=None, *, dataset: str | None = None,

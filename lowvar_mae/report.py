@@ -17,6 +17,7 @@ The book's evaluation chapter is made of these tables and figures.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -432,7 +433,8 @@ def bench_records(folders=None) -> list[dict]:
     for path in paths.values():
         try:
             rec = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as err:  # one torn record does not hide the others
+            warnings.warn(f"skipping benchmark record {path}: {err}; repair or delete it", stacklevel=2)
             continue
         if isinstance(rec, dict) and rec.get("kind") in BENCH_KINDS:
             out.append({**rec, "file": path.name})

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import pca
+from . import basis_io, pca
 from .models import patchify, unpatchify
 from .provenance import runs_dir
 
@@ -320,8 +320,8 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
     path = basis_path(dataset, source, root=root)
     if path.is_file() and not refit:
         try:
-            basis = pca.load_basis(path, device=device)
-        except pca.BasisWithoutDigest:  # a cache from before digests: fit it again (the fit is deterministic)
+            basis = basis_io.load_basis(path, device=device)
+        except basis_io.BasisWithoutDigest:  # a cache from before digests: fit it again (the fit is deterministic)
             return dataset_basis(dataset, images=images, root=root, device=device, refit=True)
         if basis.source != source or basis.dataset != dataset or basis.split != "train":
             raise ValueError(f"{path} was fitted on other images ({basis.dataset}/{basis.split}, source "
@@ -330,7 +330,7 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
         return basis
     basis = pca.fit_pca(images.to(device), dataset=dataset, split="train")
     basis = dataclasses.replace(basis, source=source)
-    pca.save_basis(basis, path)
+    basis_io.save_basis(basis, path)
     return basis
 
 

@@ -36,7 +36,7 @@ import time
 import pandas as pd
 import torch
 
-from lowvar_mae import pca
+from lowvar_mae import basis_io, pca
 from lowvar_mae.data import load_dataset
 from IPython.display import Markdown, display
 
@@ -162,7 +162,7 @@ elif not len(real):
                      "`-p dataset cifar10 -p record true` (see the README)."))
 else:
     rec = real.sort_values("time_utc").iloc[-1]
-    rbasis = pca.basis_from_summary(rec["summary"])
+    rbasis = basis_io.basis_from_summary(rec["summary"])
     display(Markdown(f"CIFAR-10 training split, {rbasis.n_samples:,} images of {rbasis.dim:,} pixels, "
                      f"{rec['method']} fit in {rec['fit_seconds']:.0f} s on {rec['device_name']} "
                      f"(revision {str(rec['git_revision'])[:10]}). The first component carries "
@@ -189,7 +189,7 @@ if record:
                          "method": basis.method, "fit_seconds": fit_seconds,
                          "components": {f"top:{p}": basis.n_components(p, "top") for p in shares}
                          | {f"bottom:{p}": basis.n_components(p, "bottom") for p in shares},
-                         "summary": pca.basis_summary(basis, max(32, basis.n_components(top_share, "top"))),
+                         "summary": basis_io.basis_summary(basis, max(32, basis.n_components(top_share, "top"))),
                          "examples": {"images": pack_array(test.to_tensor()[idx].numpy(), "uint8"),
                                       "labels": [test.classes[int(test.labels[i])] for i in idx]}},
                  device=device)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowvar_mae import curve, learning_order, pca, probes
+from lowvar_mae import basis_io, curve, learning_order, pca, probes
 from lowvar_mae.data import load_dataset, make_synthetic
 from lowvar_mae.models import build_mae
 from lowvar_mae.pretrain import pretrain
@@ -212,7 +212,7 @@ def test_hook_lands_in_metrics_and_a_run_without_bands_is_retrained(runs):
     small = pca.fit_pca(load_dataset("synthetic", "train", n=120).to_tensor(), dataset="synthetic")
     source = images_digest(load_dataset("synthetic", "train").to_tensor())
     # dataset_basis finds it (keyed and labelled with the whole split's digest) instead of fitting 5000 images
-    pca.save_basis(dataclasses.replace(small, source=source), basis_path("synthetic", source))
+    basis_io.save_basis(dataclasses.replace(small, source=source), basis_path("synthetic", source))
 
     plain = pretrain(config, device="cpu", progress=False)  # another chapter's run: no hook
     assert "band_rel_error" not in plain.metrics[0]

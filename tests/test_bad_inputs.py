@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowvar_mae import book, checkpoint, curve, grid, pca, probes
+from lowvar_mae import basis_io, book, checkpoint, curve, grid, pca, probes
 from lowvar_mae.__main__ import main
 from lowvar_mae.data import ImageDataset, load_dataset, make_synthetic, save_shards
 from lowvar_mae.learning_order import learning_order_run
@@ -148,7 +148,7 @@ def _basis(tmp, monkeypatch):
     images = load_dataset("synthetic", "train", n=50).to_tensor()
     other = pca.fit_pca(load_dataset("synthetic", "test", n=50).to_tensor(), dataset="synthetic")
     other = pca.PCABasis(**{**other.__dict__, "source": "0" * 64})
-    pca.save_basis(other, basis_path("synthetic", images_digest(images)))
+    basis_io.save_basis(other, basis_path("synthetic", images_digest(images)))
     dataset_basis("synthetic", images=images)
 
 
@@ -179,19 +179,19 @@ def _tampered_basis(tmp):
     from safetensors.torch import save_file
 
     basis = pca.fit_pca(load_dataset("synthetic", "train", n=40).to_tensor(), dataset="synthetic")
-    path = pca.save_basis(basis, tmp / "basis" / "b.safetensors")
+    path = basis_io.save_basis(basis, tmp / "basis" / "b.safetensors")
     with safe_open(str(path), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors["components"][:, 0] *= 2
     save_file(tensors, str(path), metadata=meta)
-    pca.load_basis(path)
+    basis_io.load_basis(path)
 
 
 def _truncated_basis(tmp):
     basis = pca.fit_pca(load_dataset("synthetic", "train", n=40).to_tensor(), dataset="synthetic")
-    path = pca.save_basis(basis, tmp / "basis" / "b.safetensors")
+    path = basis_io.save_basis(basis, tmp / "basis" / "b.safetensors")
     path.write_bytes(path.read_bytes()[:100])
-    pca.load_basis(path)
+    basis_io.load_basis(path)
 
 
 def _edited_config(tmp):
@@ -211,6 +211,17 @@ def _force_link(tmp):
     (tmp / "links").mkdir()
     (tmp / "links" / run.run_dir.name).symlink_to(run.run_dir)
     pretrain(config, root=tmp / "links", force=True, progress=False)
+
+
+def _torn_summary(tmp):
+    """A finished pretraining run whose summary.json was cut, evaluated."""
+    from lowvar_mae.evaluate import evaluate
+
+    config = make_config("quick", "synthetic", "pixels", n_train=32, epochs=1, batch_size=32)
+    run = pretrain(config, root=tmp / "elsewhere", progress=False)
+    (run.run_dir / "summary.json").write_text('{"final_loss": 0.1, "epo')
+    evaluate(make_eval_config("knn", "quick", run, n_test=20), root=tmp / "elsewhere", results_root=tmp / "res",
+             progress=False)
 
 
 def _cuda():
@@ -269,6 +280,7 @@ def cases(tmp, monkeypatch, capsys):
         "model-image-size": lambda: pretrain(make_config("quick", "synthetic", "pixels", model="micro"),
                                              root=tmp / "runs", progress=False),
         "force-link": lambda: _force_link(tmp),
+        "summary-torn": lambda: _torn_summary(tmp),
         "runs-empty": lambda: _cli_line(capsys, ["pretrain", "--runs", "", "--epochs", "1"]),
         "config-edited": lambda: _edited_config(tmp),
         "basis-truncated": lambda: _truncated_basis(tmp),

@@ -6,7 +6,8 @@ import torch
 from sklearn.decomposition import PCA
 
 from lowvar_mae import pca
-from lowvar_mae.pca import fit_pca, load_basis, make_filter, n_components, project, save_basis
+from lowvar_mae.basis_io import load_basis, save_basis
+from lowvar_mae.pca import fit_pca, make_filter, n_components, project
 
 
 def structured_images(n, shape=(3, 6, 6), seed=0):
@@ -390,7 +391,7 @@ def test_topk_refuses_streamed_batches_and_unknown_operators():
 def test_basis_summary_round_trip_is_small_and_filters_like_the_full_basis():
     import json
 
-    from lowvar_mae.pca import basis_from_summary, basis_summary
+    from lowvar_mae.basis_io import basis_from_summary, basis_summary
 
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(600, 3, 2, 2, generator=g), size=(8, 8), mode="bilinear")
