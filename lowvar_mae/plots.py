@@ -237,3 +237,13 @@ def plot_learning_order(frames: dict, ax_width: float = 4.2):
                    loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
+
+
+def reproduce(command: str, records: str):
+    """The line under a real-data figure: the command that makes its records and where they
+    are. The figures drawn so far are shown first (``plt.show``), so the line stands under them."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown
+
+    plt.show()
+    return Markdown(f"*Reproduce:* `{command}` (its records: `results/{records}/`).")

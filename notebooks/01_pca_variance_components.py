@@ -40,7 +40,7 @@ from lowvar_mae import basis_io, pca
 from lowvar_mae.data import load_dataset
 from IPython.display import Markdown, display
 
-from lowvar_mae.plots import dataset_note, glue, image_grid, plot_spectrum, show_eigenimages
+from lowvar_mae.plots import dataset_note, glue, image_grid, plot_spectrum, reproduce, show_eigenimages
 from lowvar_mae.results import unpack_array
 
 # %% tags=["remove-input"]
@@ -170,6 +170,7 @@ else:
                      f"{rbasis.n_components(0.75, 'top')} components hold 75% and "
                      f"{rbasis.n_components(0.9, 'top')} hold 90%."))
     fig = plot_spectrum(rbasis, marks=(0.75, 0.9))
+    display(reproduce("python -m lowvar_mae notebooks 01 -p dataset cifar10 -p record true", "pca"))
     fig = show_eigenimages(rbasis, min(n_eigenimages, rbasis.n_stored))
     ex = torch.as_tensor(unpack_array(rec["examples"]["images"])).float() / 255
     rtop = pca.project(ex, rbasis, "top", top_share)

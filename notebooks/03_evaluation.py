@@ -51,7 +51,7 @@ from lowvar_mae import grid, report, schedule, verdicts
 from lowvar_mae.data import DATASETS
 from lowvar_mae.evaluate import evaluate
 from lowvar_mae.models import build_mae
-from lowvar_mae.plots import glue
+from lowvar_mae.plots import glue, reproduce
 from lowvar_mae.pretrain import pretrain
 from lowvar_mae.recipes import EVAL_RECIPES, PRETRAIN_RECIPES, make_config, make_eval_config
 from lowvar_mae.reference import target_label
@@ -196,6 +196,7 @@ if len(baselines):
     bars["softmax regression on raw pixels (validation, 45,000 images)"] = float(baselines["val_value"].mean())
 if len(curves):
     fig = report.plot_calibration(curves, bars=bars, title=f"validation probe during pretraining, recipe {recipe}\n{source_line(records)}")
+    display(reproduce(f"python -m lowvar_mae grid --recipe {recipe}", "eval"))
 else:
     display(Markdown("No calibration curves recorded yet."))
 
@@ -303,6 +304,7 @@ if have:
 diffs = report.paired_differences(records) if have and (records["target"] == "pixels").any() else None
 if diffs is not None and len(diffs):
     fig = report.plot_differences(diffs, title=f"target minus pixels, same seed, recipe {recipe}\n{source_line(records)}")
+    display(reproduce(f"python -m lowvar_mae grid --recipe {recipe}", "eval"))
     judged = verdicts.decide(records)
     shown = judged.assign(target=[target_label(t) for t in judged["target"]],
                           probe=[report.PROBE_LABELS[m] for m in judged["metric"]],
@@ -382,6 +384,8 @@ if len(study_lengths) > 1:
     if len(baselines):
         lines.setdefault("linprobe", {})["softmax regression on raw pixels"] = float(baselines["value"].mean())
     fig = schedule.plot_study(by_length, gap, lines, title=f"schedule study, recipe {recipe}: {source_line(study)}")
+    display(reproduce(f"python -m lowvar_mae grid --recipe {recipe} --targets pixels pca-bottom:0.25 "
+                      f"--epochs {' '.join(map(str, study_lengths))}", "eval"))
     shown = by_length.assign(probe=[report.PROBE_LABELS[m] for m in by_length["metric"]],
                              accuracy=[f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 else "") + f" (n={n})"
                                        for m, s, n in zip(by_length["mean"], by_length["std"], by_length["n"])])

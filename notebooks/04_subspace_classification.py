@@ -61,7 +61,7 @@ from IPython.display import Markdown, display
 
 from lowvar_mae import report
 from lowvar_mae.curve import ConvNetConfig, subspace_classification
-from lowvar_mae.plots import dataset_note, glue, plot_subspace_accuracy
+from lowvar_mae.plots import dataset_note, glue, plot_subspace_accuracy, reproduce
 from lowvar_mae.results import load_records
 
 # %% [markdown]
@@ -102,6 +102,7 @@ if have_real:
 # %% tags=["remove-input"]
 if have_real:
     fig = report.plot_subspace_curves(curves, title=source)
+    display(reproduce("python -m lowvar_mae linear; python -m lowvar_mae curve", "subspace"))
 else:
     print(f"No subspace records of {real_dataset} with the current settings yet: "
           "python -m lowvar_mae linear and python -m lowvar_mae curve make them.")

@@ -49,7 +49,7 @@ from lowvar_mae import pca, schedule
 from lowvar_mae.data import load_dataset
 from lowvar_mae.learning_order import (LEARNING_ORDER_KIND, band_metrics, learning_order_records, learning_order_run,
                                        read_band_metrics)
-from lowvar_mae.plots import dataset_note, glue, plot_learning_order
+from lowvar_mae.plots import dataset_note, glue, plot_learning_order, reproduce
 from lowvar_mae.recipes import PRETRAIN_RECIPES, make_config
 from lowvar_mae.results import load_records
 
@@ -82,6 +82,7 @@ if real_frames:
            f"{int(max(len(e) for e in r['epochs']))} epochs, seed {', '.join(str(s) for s in sorted(set(r['seed'])))}; "
            + "; ".join(sorted(set(r["device_name"].dropna()))))
     fig = plot_learning_order(real_frames)
+    display(reproduce("python -m lowvar_mae learning-order", "learning_order"))
     fig.suptitle(src, fontsize=8, y=1.02)
 else:
     print(f"No learning-order records of {real_dataset} yet: python -m lowvar_mae learning-order makes them.")
@@ -164,6 +165,8 @@ have_long = long_epochs is not None and long_epochs > PRETRAIN_RECIPES[real_reci
 if have_long:
     runs_ = list(long_runs.values())
     fig = plot_learning_order(long_frames)
+    display(reproduce(f"python -m lowvar_mae grid --targets pixels pca-bottom:0.25 --seeds 0 --epochs {long_epochs}",
+                      "learning_order"))
     fig.suptitle(f"{real_dataset}, 50,000 training images, {runs_[0]['config']['model']}, {long_epochs} epochs, "
                  f"seed 0; " + "; ".join(sorted({r['device_name'] for r in runs_})), fontsize=9, y=1.02)
 else:

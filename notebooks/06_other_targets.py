@@ -41,7 +41,7 @@ from IPython.display import Markdown, display
 
 from lowvar_mae import grid, report, verdicts
 from lowvar_mae.data import DATASETS
-from lowvar_mae.plots import glue
+from lowvar_mae.plots import glue, reproduce
 from lowvar_mae.reference import target_label
 from lowvar_mae.results import load_records
 
@@ -128,6 +128,7 @@ else:
 diffs = report.paired_differences(records) if have and (records["target"] == "pixels").any() else None
 if diffs is not None and len(diffs):
     fig = report.plot_differences(diffs, title=f"target minus pixels, same seed, recipe {recipe}\n{source_line(records)}")
+    display(reproduce(f"python -m lowvar_mae grid --recipe {recipe} --targets {' '.join(grid.OTHER_TARGETS)}", "eval"))
     judged = verdicts.decide(records)
     claims = report.claim_table(judged)
     shown = claims.assign(
