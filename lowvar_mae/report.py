@@ -571,6 +571,19 @@ def subspace_curves(records):
     return out
 
 
+def curves_json(curves) -> str:
+    """The points of :func:`subspace_curves` as compact JSON ("classifier side share": mean,
+    std, n), for a page to glue and a test to hold against the records."""
+    import json
+
+    def num(x):
+        return None if x != x else round(float(x), 10)
+
+    return json.dumps({f"{r['classifier']} {r['side']} {r['share']:g}": {"mean": num(r["mean"]), "std": num(r["std"]),
+                                                                         "n": int(r["n"])}
+                       for _, r in curves.iterrows()}, sort_keys=True)
+
+
 def subspace_difference(records, classifier: str, a=("bottom", 0.2), b=("top", 0.9), confidence: float = 0.95):
     """Accuracy on subspace ``a`` minus accuracy on ``b`` for one classifier, paired by seed:
     dict with n, the differences, mean, t interval and :func:`verdict` (None when either

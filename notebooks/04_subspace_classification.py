@@ -123,6 +123,7 @@ if have_real:
             row[report.SUBSPACE_LABELS[classifier]] = _fmt(_point(classifier, side, share))
         wide.append(row)
     display(pd.DataFrame(wide).style.hide(axis="index"))
+    glue("subspace_points", report.curves_json(curves))  # what the page shows, for the page-to-record test
 
 # %% tags=["remove-cell"]
 def _words(classifier):

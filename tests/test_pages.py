@@ -11,10 +11,11 @@ from lowvar_mae.reference import target_label
 from lowvar_mae.results import load_records
 
 
-def _execute(name, tmp_path, monkeypatch):
+def _execute(name, tmp_path, monkeypatch, parameters=None):
     monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(tmp_path / "results"))  # the committed records alone
     monkeypatch.setenv("LOWVAR_MAE_RUNS", str(tmp_path / "runs"))
-    nb = json.loads(book.execute_notebook(book.find_notebook(name), tmp_path / f"{name}.ipynb", {}, timeout=600)
+    nb = json.loads(book.execute_notebook(book.find_notebook(name), tmp_path / f"{name}.ipynb", parameters or {},
+                                                timeout=600)
                     .read_text())
     glued, shown = {}, []
     for cell in nb["cells"]:
@@ -50,3 +51,14 @@ def test_the_verdicts_a_page_shows_are_those_of_its_records(chapter, key, target
         else:
             assert report.CLAIM_OUTCOMES[row["outcome"]] in shown
         assert target_label(row["target"]) in shown
+
+
+def test_the_subspace_points_chapter_04_shows_are_those_of_its_records(tmp_path, monkeypatch):
+    from test_notebooks import SMALLEST  # the teaching run at its smallest; the records section is whole
+
+    glued, shown = _execute("04", tmp_path, monkeypatch, SMALLEST["04_subspace_classification"])
+    page = json.loads(ast.literal_eval(glued["subspace_points"]))
+    fresh = report.subspace_curves(report.current_subspace_records(load_records("subspace"), "cifar10"))
+    assert page == json.loads(report.curves_json(fresh)) and len(page) >= 20
+    conv_b25 = fresh[(fresh["classifier"] == "convnet") & (fresh["side"] == "bottom") & (fresh["share"] == 0.25)].iloc[0]
+    assert f"{100 * conv_b25['mean']:.1f}% ± {100 * conv_b25['std']:.1f}" in shown
