@@ -52,7 +52,11 @@ config = make_config(recipe, dataset, spec, epochs=epochs, n_train=n_train, batc
                      augment=augment, seed=seed)
 run = pretrain(config, device=device, force=retrain)
 print(("trained" if run.trained_now else "loaded"), run.run_dir.name)
-config
+pd.DataFrame({"setting": ["dataset", "target", "model", "epochs", "batch", "learning rate (base)", "augmentation",
+                          "training images", "seed"],
+              "value": [config.dataset, config.target, config.model, config.epochs, config.batch_size, config.base_lr,
+                        config.augment, "all" if config.n_train is None else f"{config.n_train:,}", config.seed]}
+             ).style.hide(axis="index")
 
 # %% tags=["remove-cell"]
 metrics = pd.DataFrame(run.metrics)

@@ -122,7 +122,7 @@ if have:
     mae = build_mae(model_name)
     cfg = mae.config
     rows = [
-        ("model", f"`{model_name}`: ViT encoder {cfg.depth} blocks x {cfg.embed_dim} wide, {cfg.num_heads} heads, "
+        ("model", f"{model_name}: ViT encoder {cfg.depth} blocks x {cfg.embed_dim} wide, {cfg.num_heads} heads, "
                   f"patches {cfg.patch_size}x{cfg.patch_size} ({cfg.num_patches} per image); decoder "
                   f"{cfg.decoder_depth} blocks; {sum(p.numel() for p in mae.parameters()) / 1e6:.2f} M parameters "
                   f"(ViT-Tiny MAE of the presentation: 12 blocks on 256 patches, 7.21 M)"),
