@@ -105,6 +105,7 @@ if have:
                      for m, s, n in zip(table["mean"], table["std"], table["n"])]
     wide = table.pivot(index="target", columns="metric", values="ours")
     wide = wide.reindex(report._order(table["target"]))
+    wide = wide[[m for m in report.PROBE_LABELS if m in wide.columns]]  # probes in chapter 03's order
     wide.index = [target_label(t) for t in wide.index]
     wide.index.name = "target"
     wide.columns = [report.PROBE_LABELS[m] for m in wide.columns]
