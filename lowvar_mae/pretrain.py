@@ -97,7 +97,10 @@ def reconstruct(model: MAE, x01: torch.Tensor, target_fn: Callable, seed: int,
     model.train(was_training)
     p, c = model.config.patch_size, model.config.in_chans
     mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * c).to(x01.dtype))
-    return {"input": x01, "target": denormalize(target), "prediction": denormalize(model.unpatchify(pred.float())),
+    pred_img = model.unpatchify(pred.float())
+    if hasattr(target_fn, "to_image"):  # a target normalised per patch: shown and measured on the image's scale
+        target, pred_img = target_fn.image(x01), target_fn.to_image(pred_img, x01)
+    return {"input": x01, "target": denormalize(target), "prediction": denormalize(pred_img),
             "mask": mask_img[:, :1], "loss": loss.reshape(1).float()}
 
 

@@ -43,10 +43,10 @@ def target_label(target: str) -> str:
         return f"{'Low' if kind == 'fft-low' else 'High'}-pass, radius {float(share):g} Nyquist"
     if kind == "pc-mask" and share:
         return f"PC masking ({float(share) * 100:g}% variance)"
-    side = {"pca-bottom": "Bottom", "pca-top": "Top"}.get(kind)
+    side = {"pca-bottom": "Bottom", "pca-top": "Top", "pca-bottom-norm": "Bottom"}.get(kind)
     if side is None or not share:
         raise ValueError(f"unknown target {target!r}")
-    return f"{side} {float(share) * 100:g}% variance"
+    return f"{side} {float(share) * 100:g}% variance" + (", normalised per patch" if kind.endswith("-norm") else "")
 
 
 def table1():

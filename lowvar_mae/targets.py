@@ -7,6 +7,9 @@ Target names:
   (the official MAE target);
 * ``pca-bottom:q`` / ``pca-top:p``: the image projected onto the bottom-q / top-p
   variance subspace of the dataset's PCA (see ``lowvar_mae.pca``), mean image added;
+* ``pca-bottom-norm:q``: the bottom-q image normalised within each patch, as norm-pix
+  normalises pixels (:class:`PatchNormalized`): its loss does not shrink with the small
+  variance of the bottom components;
 * ``fft-low:r`` / ``fft-high:r``: the 2-D Fourier coefficients of each channel inside /
   outside the radius r (a share of the Nyquist radius, 0 < r <= 1), as in frequency-
   filtered MAE targets (PixMIM uses low-pass ones). The two are exact complements on the
@@ -40,8 +43,8 @@ from . import basis_io, pca
 from .models import patchify, unpatchify
 from .provenance import runs_dir
 
-TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-top", "fft-low", "fft-high", "pc-mask")
-SHARED_KINDS = ("pca-bottom", "pca-top", "fft-low", "fft-high")  # kinds written kind:<number>
+TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-bottom-norm", "pca-top", "fft-low", "fft-high", "pc-mask")
+SHARED_KINDS = ("pca-bottom", "pca-bottom-norm", "pca-top", "fft-low", "fft-high")  # kinds written kind:<number>
 PC_MASK_RANGE = (0.1, 0.9)  # PMAE's "sampling_pc": masked share of variance, uniform per step
 NORM_PIX_EPS = 1e-6
 
@@ -62,7 +65,9 @@ class TargetSpec:
 
     @property
     def side(self) -> str | None:
-        return self.kind.removeprefix("pca-") if self.needs_basis else None
+        if not self.needs_basis or self.kind == "pc-mask":
+            return None
+        return "bottom" if self.kind.startswith("pca-bottom") else "top"
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.share:g}" if self.share is not None else self.kind
@@ -75,7 +80,8 @@ def parse_target(spec: str) -> TargetSpec:
     variance."""
     kind, sep, share = str(spec).partition(":")
     if kind not in TARGET_KINDS:
-        raise ValueError(f"unknown target {spec!r}; use one of pixels, norm-pix, pca-bottom:<share>, pca-top:<share>, "
+        raise ValueError(f"unknown target {spec!r}; use one of pixels, norm-pix, pca-bottom:<share>, "
+                         "pca-bottom-norm:<share>, pca-top:<share>, "
                          "fft-low:<radius>, fft-high:<radius>, pc-mask, pc-mask:<share>")
     if kind == "pc-mask":
         if not sep:
@@ -112,6 +118,28 @@ def norm_pix(images: Tensor, patch_size: int) -> Tensor:
     mean = patches.mean(-1, keepdim=True)
     var = patches.var(-1, keepdim=True)
     return unpatchify((patches - mean) / (var + NORM_PIX_EPS).sqrt(), patch_size, images.shape[1])
+
+
+class PatchNormalized:
+    """A target normalised within each patch to zero mean and unit variance (as norm-pix does
+    for pixels), with the way back: ``image(x01)`` is the target before normalisation and
+    ``to_image(pred, x01)`` maps a prediction on the normalised scale back onto it, with the
+    true target's patch mean and standard deviation (as the MAE paper's figures do), so that
+    reconstructions and their band errors are measured in pixel space."""
+
+    def __init__(self, base: Callable[[Tensor], Tensor], patch_size: int):
+        self.base, self.patch_size = base, patch_size
+
+    def __call__(self, x01: Tensor) -> Tensor:
+        return norm_pix(self.base(x01), self.patch_size)
+
+    def image(self, x01: Tensor) -> Tensor:
+        return self.base(x01)
+
+    def to_image(self, pred: Tensor, x01: Tensor) -> Tensor:
+        target = patchify(self.base(x01), self.patch_size)
+        mean, std = target.mean(-1, keepdim=True), (target.var(-1, keepdim=True) + NORM_PIX_EPS).sqrt()
+        return unpatchify(patchify(pred, self.patch_size) * std + mean, self.patch_size, pred.shape[1])
 
 
 def frequency_radius(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
@@ -284,6 +312,10 @@ def make_target(spec: str | TargetSpec, *, basis: pca.PCABasis | None = None, pa
         raise ValueError(f"target '{spec}' needs a fitted PCA basis of the training images; none was given")
     _check_basis_shape(spec, basis, image_shape)
     flt = pca.make_filter(basis, spec.side, spec.share, method=method, device=device)
+    if spec.kind == "pca-bottom-norm":
+        if patch_size is None:
+            raise ValueError(f"target '{spec}' needs the model's patch_size")
+        return PatchNormalized(lambda x01: (flt(x01) - 0.5) / 0.5, patch_size)
     return lambda x01: (flt(x01) - 0.5) / 0.5
 
 

@@ -312,3 +312,25 @@ def test_verdicts_by_length_hold_each_length_to_the_bar_and_correct_across_lengt
     # margins are per length: the bottom target's 6-epoch linear probe is about 0.46, below 0.47 + 0.08
     six = table[(table["epochs"] == 6) & (table["metric"] == "linprobe")].iloc[0]
     assert six["outcome"] == "not trained enough at this length"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_patch_normalised_run_reconstructs_on_the_image_scale():
+    """The rescaled arm: its reconstructions (and so its band errors) are in pixel space."""
+    import torch
+
+    from lowvar_mae import pca
+    from lowvar_mae.data import load_dataset
+    from lowvar_mae.models import build_mae
+    from lowvar_mae.pretrain import reconstruct
+    from lowvar_mae.train import denormalize
+    from lowvar_mae.targets import make_target
+
+    basis = pca.fit_pca(load_dataset("synthetic", "train", n=200).to_tensor())
+    x01 = load_dataset("synthetic", "test", n=6).to_tensor().float() / 255
+    model = build_mae("small-cifar")
+    kw = dict(basis=basis, patch_size=model.config.patch_size, image_shape=(3, 32, 32))
+    normed, plain = make_target("pca-bottom-norm:0.25", **kw), make_target("pca-bottom:0.25", **kw)
+    rec = reconstruct(model, x01, normed, seed=0)
+    torch.testing.assert_close(rec["target"], denormalize(plain(x01)))
+    assert rec["prediction"].shape == rec["target"].shape and torch.isfinite(rec["loss"]).all()

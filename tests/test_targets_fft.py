@@ -103,3 +103,32 @@ def test_kept_variance_of_each_kind_against_an_independent_computation():
     assert kept_variance("pc-mask")["kept"] is None and "10%-90%" in kept_variance("pc-mask")["note"]
     with pytest.raises(ValueError, match="needs the PCA basis"):
         kept_variance("pca-top:0.6", x)
+
+
+def test_the_patch_normalised_bottom_target_and_its_way_back():
+    """pca-bottom-norm:q is norm-pix applied to the pca-bottom:q target; to_image undoes it."""
+    from lowvar_mae import pca
+    from lowvar_mae.reference import target_label
+    from lowvar_mae.targets import PatchNormalized, make_target, norm_pix, parse_target
+
+    spec = parse_target("pca-bottom-norm:0.250")
+    assert (str(spec), spec.side, spec.needs_basis) == ("pca-bottom-norm:0.25", "bottom", True)
+    assert target_label("pca-bottom-norm:0.25") == "Bottom 25% variance, normalised per patch"
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
+    basis = pca.fit_pca(images)
+    x01 = images[:5].float() / 255
+    plain = make_target("pca-bottom:0.25", basis=basis, patch_size=4, image_shape=(3, 8, 8))
+    normed = make_target("pca-bottom-norm:0.25", basis=basis, patch_size=4, image_shape=(3, 8, 8))
+    assert isinstance(normed, PatchNormalized)
+    torch.testing.assert_close(normed(x01), norm_pix(plain(x01), 4))
+    torch.testing.assert_close(normed.image(x01), plain(x01))
+    torch.testing.assert_close(normed.to_image(normed(x01), x01), plain(x01), rtol=1e-4, atol=1e-4)
+    # per patch: zero mean, unit variance (unbiased, as norm-pix)
+    from lowvar_mae.models import patchify
+
+    patches = patchify(normed(x01), 4)
+    torch.testing.assert_close(patches.mean(-1), torch.zeros(patches.shape[:2]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(patches.var(-1), torch.ones(patches.shape[:2]), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="needs the model's patch_size"):
+        make_target("pca-bottom-norm:0.25", basis=basis, image_shape=(3, 8, 8))
