@@ -278,9 +278,61 @@ def dump_dom(page: Path, browser: str | None = None, width: int = 1280, height: 
     return done.stdout
 
 
-_MEASURE = ("<script>window.addEventListener('load', () => setTimeout(() => document.body.setAttribute("
-            "'data-page-height', Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)), 2000));"
-            "</script>")
+_MEASURE = (
+    "<script>window.addEventListener('load', () => setTimeout(() => {"
+    "const b = document.body;"
+    "b.setAttribute('data-page-height', Math.max(b.scrollHeight, document.documentElement.scrollHeight));"
+    # tables wider than the column they stand in (cut at the right, or scrolled sideways)
+    "const wide = [...document.querySelectorAll('article table, main table')].filter("
+    "  t => t.scrollWidth > (t.closest('div.output, div.cell_output, article, main') || b).clientWidth + 2)"
+    "  .map(t => (t.innerText || '').trim().slice(0, 40).replace(/\\s+/g, ' '));"
+    "b.setAttribute('data-wide-tables', JSON.stringify(wide));"
+    # figures drawn much smaller than they were made: their text shrinks with them
+    "const shrunk = [...document.querySelectorAll('article img, main img')].filter("
+    "  i => i.naturalWidth > 0 && i.clientWidth > 0 && i.clientWidth / i.naturalWidth < " + "0.55" + ")"
+    "  .map(i => (i.getAttribute('src') || '').split('/').pop() + ' at ' +"
+    "  Math.round(100 * i.clientWidth / i.naturalWidth) + '%');"
+    "b.setAttribute('data-shrunk-images', JSON.stringify(shrunk));"
+    "}, 2000));</script>")
+# Smallest share of its own width a figure may be drawn at: below it, 9-pt text of a
+# matplotlib figure reads smaller than about 5 pt on the page.
+MIN_IMAGE_SCALE = 0.55
+
+
+def page_layout(page: Path, width: int = 1280, browser: str | None = None) -> dict:
+    """How ``page`` lays out at ``width`` in headless Chromium (after its scripts ran): its
+    height in CSS pixels, the tables wider than their column (their first words) and the
+    figures drawn at less than :data:`MIN_IMAGE_SCALE` of their own width. A copy beside it
+    with a measuring script is loaded, then removed."""
+    import json
+
+    text = page.read_text(encoding="utf-8")
+    probe = page.with_name(f".measure-{page.name}")
+    probe.write_text(text.replace("</body>", _MEASURE + "</body>") if "</body>" in text else text + _MEASURE,
+                     encoding="utf-8")
+    try:
+        dom = dump_dom(probe, browser, width=width, height=900)
+    finally:
+        probe.unlink(missing_ok=True)
+    hit = re.search(r'data-page-height="(\d+)"', dom)
+    if not hit:
+        raise RuntimeError(f"could not measure the height of {page}")
+
+    def attr(name):
+        found = re.search(rf"{name}=\"([^\"]*)\"", dom)
+        return json.loads(html.unescape(found.group(1))) if found else []
+
+    return {"height": int(hit.group(1)), "wide_tables": attr("data-wide-tables"),
+            "shrunk_images": attr("data-shrunk-images")}
+
+
+def layout_problems(layout: dict, name: str = "page") -> list[str]:
+    """Tables cut at the right and figures whose text is drawn too small, in words."""
+    out = [f"{name}: a table is wider than its column ({t!r}...): wrap, shorten or split it"
+           for t in layout.get("wide_tables", [])]
+    out += [f"{name}: figure {i} of its width: its text is too small to read; draw it smaller (figsize)"
+            for i in layout.get("shrunk_images", [])]
+    return out
 
 
 def page_height(page: Path, width: int = 1280, browser: str | None = None) -> int:
@@ -354,7 +406,9 @@ def check_book(html_dir: str | Path, pages: dict[str, int], shots: str | Path | 
             try:
                 screenshot(page, Path(shots) / f"{stem}.png")
                 problems += dom_problems(dump_dom(page), rel)
-                problems += [p for p in [height_problem(page_height(page), MAX_PAGE_HEIGHT, rel)] if p]
+                layout = page_layout(page)
+                problems += [p for p in [height_problem(layout["height"], MAX_PAGE_HEIGHT, rel)] if p]
+                problems += layout_problems(layout, rel)
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 problems.append(f"{page}: rendering failed: {e}")
     return problems

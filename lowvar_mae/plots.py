@@ -107,7 +107,7 @@ def show_eigenimages(basis, k: int = 16, per_row: int = 8):
     shown = to_display(0.5 + 0.5 * imgs / peak.clamp_min(1e-12))
     share = basis.explained_variance_ratio()[:k].cpu().numpy()
     rows = -(-k // per_row)
-    fig, axes = plt.subplots(rows, per_row, figsize=(1.6 * per_row, 1.85 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, per_row, figsize=(1.05 * per_row, 1.3 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < k:

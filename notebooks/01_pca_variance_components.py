@@ -199,10 +199,13 @@ if record:
                  device=device)
 records = load_records("pca")
 if len(records):
-    cols = ["dataset", "n_images", "dim", "method", "fit_seconds", "device_name", "time_utc", "git_revision"]
-    table = records[cols].copy()
-    table["top 75%"] = [c["top:0.75"] for c in records["components"]]
-    table["top 90%"] = [c["top:0.9"] for c in records["components"]]
-    display(table.style.hide(axis="index").format({"fit_seconds": "{:.1f}"}))
+    table = pd.DataFrame({
+        "dataset": records["dataset"], "images": [f"{n:,}" for n in records["n_images"]],
+        "pixels": [f"{d:,}" for d in records["dim"]], "fit": records["method"],
+        "seconds": [f"{x:.0f}" for x in records["fit_seconds"]],
+        "components for 75% / 90%": [f"{c['top:0.75']} / {c['top:0.9']}" for c in records["components"]],
+        "date": [str(t)[:10] for t in records["time_utc"]], "revision": [str(r)[:8] for r in records["git_revision"]]})
+    display(table.style.hide(axis="index"))
+    display(Markdown("Machines: " + "; ".join(sorted(set(records["device_name"].dropna()))) + "."))
 else:
     print("No PCA records of real datasets yet.")

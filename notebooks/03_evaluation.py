@@ -278,13 +278,15 @@ if have:
             shown[f"{report.PROBE_LABELS[metric]}, presentation"] = [f"{v:.3f}" if v == v else "" for v in ref]
     shown.index.name = "target"
     display(shown.fillna(""))
-    setup = table[["label", "metric", "model", "pretrain_epochs", "n_train", "n_test", "seeds", "features", "machines"]]
-    display(Markdown("**Setup of each row** (model, pretraining epochs, probe training images, test images, "
-                     "seeds, and the features each run's validation split chose):"))
-    display(setup.assign(metric=[report.PROBE_LABELS[m] for m in setup["metric"]]).rename(
-        columns={"label": "target", "metric": "probe", "pretrain_epochs": "pretraining epochs",
-                 "n_train": "training images", "n_test": "test images",
-                 "features": "features chosen"}).style.hide(axis="index"))
+    setup = table[["label", "metric", "pretrain_epochs", "n_train", "n_test", "seeds", "features"]]
+    display(Markdown(f"**Setup of each row** (model {', '.join(sorted(set(table['model'])))}; probe training and "
+                     "test images; the features each run's validation split chose):"))
+    display(setup.assign(metric=[report.PROBE_LABELS[m] for m in setup["metric"]],
+                         n_train=[f"{n:,}" for n in setup["n_train"]], n_test=[f"{n:,}" for n in setup["n_test"]]).rename(
+        columns={"label": "target", "metric": "probe", "pretrain_epochs": "epochs", "n_train": "train",
+                 "n_test": "test", "features": "features chosen"}).style.hide(axis="index"))
+    display(Markdown("Machines: " + "; ".join(sorted({m for ms in table["machines"] for m in ms.split("; ") if m}))
+                     + "."))
 
 # %% tags=["remove-input"]
 if have:

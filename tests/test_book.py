@@ -121,6 +121,29 @@ def test_page_height_is_measured_in_the_browser(tmp_path):
 
 
 @pytest.mark.skipif(book.chromium() is None, reason="headless Chromium is not installed")
+def test_a_table_wider_than_its_column_and_a_shrunk_figure_are_caught(tmp_path):
+    """Fed the two defects in a real browser: a table cut at the right of an 800 px column and
+    a 2,000 px figure drawn at 400 px; the clean page passes."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((200, 2000, 3), 128, np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(np.full((100, 500, 3), 128, np.uint8)).save(tmp_path / "fits.png")
+    row = "".join(f"<td>column_{i}_with_a_long_header</td>" for i in range(14))
+    bad = tmp_path / "bad.html"
+    bad.write_text(f'<html><body><main style="width: 800px"><article><div class="output">'
+                   f'<table><tr>{row}</tr></table></div><img src="wide.png" style="width: 400px"></article>'
+                   f"</main></body></html>")
+    good = tmp_path / "good.html"
+    good.write_text('<html><body><main style="width: 800px"><article><table><tr><td>a</td><td>b</td></tr>'
+                    '</table><img src="fits.png" style="width: 450px"></article></main></body></html>')
+    problems = book.layout_problems(book.page_layout(bad), "bad.html")
+    assert any("a table is wider than its column ('column_0_with" in p for p in problems), problems
+    assert any("figure wide.png at 20% of its width" in p for p in problems), problems
+    assert book.layout_problems(book.page_layout(good), "good.html") == []
+
+
+@pytest.mark.skipif(book.chromium() is None, reason="headless Chromium is not installed")
 def test_chromium_typesets_math_only_when_mathjax_loads(tmp_path):
     """In the real browser: a page whose MathJax script is missing leaves its math raw."""
     page = tmp_path / "page.html"
