@@ -14,7 +14,7 @@
 # %% [markdown]
 # # Which subspace carries the class?
 #
-# Balestriero & LeCun trained a supervised classifier on TinyImageNet images projected onto
+# Balestriero & LeCun {cite}`balestriero2024` trained a supervised classifier on TinyImageNet images projected onto
 # the top subspace that explains 90% of the pixel variance and reached 45% test accuracy; on
 # the bottom subspace that explains only 20% of the variance they reached 55%. If the
 # variance that a pixel loss rewards is not where the class information lives, a

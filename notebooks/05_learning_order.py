@@ -14,7 +14,8 @@
 # %% [markdown]
 # # In which order does an MAE learn the spectrum?
 #
-# Balestriero & LeCun argue that reconstruction learns the high-variance part of the image
+# Balestriero & LeCun {cite}`balestriero2024` argue that reconstruction learns the
+# high-variance part of the image
 # first and the low-variance part, where perception features live, last, which is why
 # masked autoencoders need long schedules. This chapter measures that order directly. After
 # every epoch, a fixed batch of held-out test images is reconstructed with a fixed mask, and
@@ -45,7 +46,7 @@ seed = 0
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lowvar_mae import pca, schedule
+from lowvar_mae import basis_io, pca, schedule
 from lowvar_mae.data import load_dataset
 from lowvar_mae.learning_order import (LEARNING_ORDER_KIND, band_metrics, learning_order_records, learning_order_run,
                                        read_band_metrics)
@@ -89,6 +90,19 @@ else:
 
 # %% tags=["remove-cell"]
 said = []
+if real_frames:  # why some bands are empty: one component can straddle several deciles
+    some = next(iter(real_frames.values()))
+    empty = [lab for b, lab in dict(zip(some["band"], some["band_label"])).items()
+             if some[some["band"] == b]["rel_error"].isna().all()]
+    fits = load_records("pca")
+    fits = fits[(fits["dataset"] == real_dataset) & fits["summary"].notna()] if len(fits) and "summary" in fits else []
+    if empty and len(fits):
+        first = float(basis_io.basis_from_summary(fits.sort_values("time_utc").iloc[-1]["summary"])
+                      .explained_variance_ratio()[0])
+        said.append(f"Bands are cut at every 10% of the variance, counted from the top, but components are not "
+                    f"divisible: the first principal component of {real_dataset} alone holds {first:.0%} of the "
+                    f"variance, so the 0-10% band is that one component; a band that one component spans "
+                    f"from edge to edge holds no component of its own and is left empty: here {', '.join(empty)}.")
 for name, frame in real_frames.items():
     bands = sorted(frame.dropna(subset=["rel_error"])["band"].unique())
     labels = dict(zip(frame["band"], frame["band_label"]))
