@@ -190,7 +190,8 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
     import matplotlib.pyplot as plt
 
     metrics = [m for m in PROBE_LABELS if m in set(table["metric"])]
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 3.8), squeeze=False)
+    # about 9 inches across in all, so that the page does not shrink its text below ~8 pt
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(3.0 * (len(metrics) + 1), 3.6), squeeze=False)
     axes = axes[0]
     ticks = sorted(set(table["epochs"])) if len(table) else []
     for ax, metric in zip(axes, metrics):
@@ -201,7 +202,7 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
                         color=f"C{i}", label=target_label(target))
         for j, (label, value) in enumerate((lines or {}).get(metric, {}).items()):
             ax.axhline(value, color="grey", lw=1, ls=["--", ":"][j % 2], label=label)
-        ax.set_title(PROBE_LABELS[metric], fontsize=10)
+        ax.set_title(PROBE_LABELS[metric], fontsize=9)
         ax.set_ylabel("test accuracy", fontsize=9)
     ax = axes[-1]
     for i, metric in enumerate(m for m in metrics if m in set(diffs["metric"])):
@@ -212,17 +213,17 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
         ax.errorbar(x, rows["mean"] * 100, yerr=[low * 100, high * 100], marker="o", capsize=3, ls="-",
                     color=f"C{i + 2}", label=PROBE_LABELS[metric])
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_title("bottom 25% minus pixels, same seed\n(95% t interval where 2+ seeds)", fontsize=10)
+    ax.set_title("bottom 25% minus pixels,\nsame seed (95% t interval)", fontsize=9)
     ax.set_ylabel("difference (points)", fontsize=9)
     for ax in axes:
         ax.set_xscale("log")
         if ticks:
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()
-        ax.set_xlabel("pretraining epochs (log scale)", fontsize=9)
+        ax.set_xlabel("pretraining epochs (log)", fontsize=9)
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
