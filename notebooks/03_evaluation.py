@@ -427,8 +427,14 @@ if len(study_lengths) > 1:
     randoms = records[records["target"] == "none"] if have else None
     judged_study = schedule.verdicts_by_length(study, randoms)
     said = [w for w in (study_words(judged_study, m) for m in ("linprobe", "knn")) if w]
-    said.append(verdicts.rule_text(int(judged_study["in_family"].sum())).replace(
-        "on this page", "of the schedule study (every length and probe)"))
+    family = int(judged_study["in_family"].sum())
+    if family:
+        said.append(verdicts.rule_text(family).replace("on this page", "of the schedule study (every length and probe)"))
+    else:
+        said.append("No length of the study has two or more seeds of both targets whose encoders clear the "
+                    "random encoder by the protocol's 8-point bar, so it draws **no verdict** yet: the numbers "
+                    "above show a trend, and the extrapolation is only that. Seeds 1 and 2 at 24 epochs make the "
+                    "first verdict possible.")
     display(Markdown("\n\n".join(said)))
 
 # %% [markdown]

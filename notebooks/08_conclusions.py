@@ -151,12 +151,18 @@ if f.get("rivals"):
 # %% tags=["remove-input"]
 notes = []
 if "short_finest_error" in f:
-    notes.append(f"- **The finest detail is not learned yet.** From the [learning-order chapter]"
+    level = f["mean_image_level"]
+    later = ""
+    if "long_finest_error" in f:
+        below = f["long_finest_error"] < level
+        later = (f" After {f['study_longest']} epochs it is {f['long_finest_error']:.3f}, "
+                 + ("below that level: the MAE has begun to infer the finest detail from the visible patches, "
+                    "and the schedule study's verdicts are the ones that count." if below else
+                    "still above it."))
+    notes.append(f"- **The finest detail is learned late.** From the [learning-order chapter]"
                  f"(05_learning_order.ipynb): after {f['epochs']} epochs the bottom-25% MAE's error in its finest "
                  f"band ({f['short_finest_band']} of the variance) is {f['short_finest_error']:.3f} of the data's "
-                 f"variance there, worse than predicting the mean image ({f['mean_image_level']:.2f})."
-                 + (f" After {f['study_longest']} epochs it is {f['long_finest_error']:.3f}."
-                    if "long_finest_error" in f else ""))
+                 f"variance there, worse than predicting the mean image ({level:.2f})." + later)
 notes.append("- **Three seeds.** Intervals at n = 3 are wide, and the correction for several comparisons on a "
              "page widens what a difference must be to count; a difference that is not shown may still exist, it is "
              "only not measured.")
