@@ -336,20 +336,8 @@ def layout_problems(layout: dict, name: str = "page") -> list[str]:
 
 
 def page_height(page: Path, width: int = 1280, browser: str | None = None) -> int:
-    """The rendered height in CSS pixels of ``page`` at ``width`` (after its scripts ran): a copy
-    beside it with a measuring script is loaded in headless Chromium, then removed."""
-    text = page.read_text(encoding="utf-8")
-    probe = page.with_name(f".measure-{page.name}")
-    probe.write_text(text.replace("</body>", _MEASURE + "</body>") if "</body>" in text else text + _MEASURE,
-                     encoding="utf-8")
-    try:
-        dom = dump_dom(probe, browser, width=width, height=900)
-    finally:
-        probe.unlink(missing_ok=True)
-    hit = re.search(r'data-page-height="(\d+)"', dom)
-    if not hit:
-        raise RuntimeError(f"could not measure the height of {page}")
-    return int(hit.group(1))
+    """The rendered height in CSS pixels of ``page`` at ``width`` (:func:`page_layout`)."""
+    return page_layout(page, width, browser)["height"]
 
 
 def height_problem(height: int, limit: int = MAX_PAGE_HEIGHT, name: str = "page") -> str | None:
