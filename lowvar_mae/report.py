@@ -137,15 +137,10 @@ def summary_table(records):
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of a t interval for the mean of ``values``; low and high are NaN for
-    fewer than two values."""
-    from scipy import stats
+    fewer than two values (``verdicts.paired_t``, which also gives the p-value)."""
+    from .verdicts import paired_t
 
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean()) if len(x) else float("nan")
-    if len(x) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    return paired_t(values, confidence)[:3]
 
 
 def paired_differences(records, baseline: str = "pixels", confidence: float = 0.95):
