@@ -54,6 +54,7 @@ def test_findings_agree_with_a_direct_reading_of_the_records(committed):
     assert f["convnet_bottom25_n"] == len(conv)
 
 
+@pytest.mark.slow
 def test_the_executed_page_glues_the_numbers_of_the_records(committed, tmp_path, monkeypatch):
     f, results = committed
     monkeypatch.setenv("LOWVAR_MAE_RESULTS", str(results))

@@ -1,5 +1,6 @@
-"""Pages against records: what chapters 03 and 06 show is what a fresh computation from the
-committed records gives (the conclusions page has its own test)."""
+"""Pages against records: what chapters 03, 04 and 06 show is what a fresh computation from
+the committed records gives (the conclusions page has its own test). Each executes a
+chapter, so they run in the slow suite, which CI runs."""
 
 import ast
 import json
@@ -34,6 +35,7 @@ def _fresh(targets):
     return verdicts.decide(records[records["target"].isin(targets)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chapter, key, targets", [
     ("03", "table1_verdicts", grid.DEFAULT_TARGETS),
     ("06", "claim_verdicts", ["pixels", "none", "norm-pix", "pca-bottom:0.25", "pca-top:0.75", *grid.OTHER_TARGETS]),
@@ -53,6 +55,7 @@ def test_the_verdicts_a_page_shows_are_those_of_its_records(chapter, key, target
         assert target_label(row["target"]) in shown
 
 
+@pytest.mark.slow
 def test_the_subspace_points_chapter_04_shows_are_those_of_its_records(tmp_path, monkeypatch):
     from test_notebooks import SMALLEST  # the teaching run at its smallest; the records section is whole
 
