@@ -109,12 +109,14 @@ class ConvNetConfig:
     warmup_epochs: float = 1.2    # linear warm-up, then cosine to 0
     label_smoothing: float = 0.2
     pad: int = 2                  # reflect padding before the random crop, pixels
+    flip: bool = True             # random horizontal flip (off where a flip changes the class)
     precision: str = "fp32"       # fp32 everywhere: the same arithmetic on AVX2, AVX-512 and GPUs
 
 
-def pad_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
+def pad_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None = None,
+                  flip: bool = True) -> Tensor:
     """Standard CIFAR augmentation, batched: reflect-pad by ``pad``, random crop back to
-    (H, W), random horizontal flip. images: (N, C, H, W) uint8 or float in [0, 1] ->
+    (H, W), random horizontal flip (unless ``flip`` is False). images: (N, C, H, W) uint8 or float in [0, 1] ->
     float (N, C, H, W) in [0, 1]. Reflect padding (as in KellerJordan/cifar10-airbench)
     adds no black border for the PCA projection applied afterwards to smear.
     """
@@ -129,8 +131,21 @@ def pad_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None = 
         cols = (dx[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
         x = x.gather(2, rows.expand(n, x.shape[1], h, x.shape[3]))
         x = x.gather(3, cols.expand(n, x.shape[1], h, w))
-    flip = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device).view(n, 1, 1, 1)
-    return torch.where(flip, x.flip(-1), x)
+    if not flip:
+        return x
+    flipped = (torch.rand(n, generator=generator, device=dev) < 0.5).to(x.device).view(n, 1, 1, 1)
+    return torch.where(flipped, x.flip(-1), x)
+
+
+def same_settings(recorded, cfg) -> bool:
+    """Whether a record's ``settings`` (a dict read from JSON) are those of ``cfg`` (a
+    settings dataclass). A field the record lacks was added after it was written, and the
+    record was made with that field's default."""
+    if not isinstance(recorded, dict):
+        return False
+    wanted = json.loads(json.dumps(asdict(cfg)))  # as a record file holds them (tuples -> lists)
+    defaults = json.loads(json.dumps(asdict(type(cfg)())))
+    return {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded} == wanted
 
 
 def _run_name(fields: dict) -> str:
@@ -181,7 +196,7 @@ def convnet_accuracy(train_u8: Tensor, train_y: Tensor, test_u8: Tensor, test_y:
                                 device=device)
 
     def loss_fn(m, x_u8, labels, gen):
-        logits = m(to_input(pad_crop_flip(x_u8, cfg.pad, gen)))
+        logits = m(to_input(pad_crop_flip(x_u8, cfg.pad, gen, flip=cfg.flip)))
         return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
 
     loop = LoopConfig(epochs=cfg.epochs, peak_lr=cfg.lr, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs),
@@ -422,11 +437,10 @@ def _matches(records, point: Point, cfg: ConvNetConfig):
     if records is None or not len(records) or "classifier" not in records:
         return records.iloc[:0] if records is not None else None
     share = 1.0 if point.share is None else point.share
-    settings = asdict(cfg)
     same = records[(records["classifier"] == "convnet") & (records["dataset"] == point.dataset)
                    & (records["side"] == point.side) & ((records["share"] - share).abs() < 1e-9)
                    & (records["seed"] == point.seed)]
-    keep = [i for i, s in zip(same.index, same["settings"]) if isinstance(s, dict) and s == settings]
+    keep = [i for i, s in zip(same.index, same["settings"]) if same_settings(s, cfg)]
     return same.loc[keep]
 
 
@@ -449,7 +463,7 @@ def describe_missing(points: list[Point], cfg: ConvNetConfig = ConvNetConfig(), 
     here = device_info()["device_name"]
     records = load_records("subspace", results_root)
     done = records.iloc[:0] if not len(records) or "classifier" not in records else records[
-        [isinstance(s, dict) and s == asdict(cfg) for s in records["settings"]]]
+        [same_settings(s, cfg) for s in records["settings"]]]
     local = done[done["device_name"] == here] if "device_name" in done else done.iloc[:0]
     use, source = (local, "this machine") if len(local) else (done, "other machines")
     if len(use) and source == "other machines":

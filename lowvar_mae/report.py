@@ -525,18 +525,13 @@ def current_subspace_records(records, dataset: str = "cifar10"):
     the linear fits of ``probes.SUBSPACE_LINEAR`` (penalty chosen on validation, fitted to
     convergence) and the conv nets of ``curve.ConvNetConfig()``. Older records (other
     settings) stay in the results folder and out of the curves."""
-    import json
-    from dataclasses import asdict
-
-    from .curve import ConvNetConfig
+    from .curve import ConvNetConfig, same_settings
     from .probes import SUBSPACE_LINEAR
 
     if records is None or not len(records) or "classifier" not in records:
         return records.iloc[:0] if records is not None else None
-    # Settings as a record file holds them (tuples come back as lists).
-    wanted = {name: json.loads(json.dumps(asdict(cfg)))
-              for name, cfg in (("linear", SUBSPACE_LINEAR), ("convnet", ConvNetConfig()))}
-    keep = [r["dataset"] == dataset and isinstance(r["settings"], dict) and r["settings"] == wanted.get(r["classifier"])
+    wanted = {"linear": SUBSPACE_LINEAR, "convnet": ConvNetConfig()}
+    keep = [r["dataset"] == dataset and r["classifier"] in wanted and same_settings(r["settings"], wanted[r["classifier"]])
             for _, r in records.iterrows()]
     return records[keep].reset_index(drop=True)
 

@@ -83,3 +83,25 @@ def test_run_curve_writes_one_record_per_point_and_skips_them_next_time(folders)
     (folders / "runs" / curve.STOP_FILE).touch()
     more = curve.plan("synthetic", seeds=[0])
     assert curve.run_curve(more, TINY, device="cpu", allow_dirty=True, log=lambda *_: None) == []
+
+
+def test_the_augmentation_flips_only_when_asked():
+    """pad 0: no crop, so the only change can be the flip. With it about half the images come
+    back mirrored; without it every image comes back as it was."""
+    import torch
+
+    images = torch.rand(64, 3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    out = curve.pad_crop_flip(images, 0, gen)
+    mirrored = [bool((o == i.flip(-1)).all()) and not bool((o == i).all()) for o, i in zip(out, images)]
+    assert 16 < sum(mirrored) < 48
+    assert torch.equal(curve.pad_crop_flip(images, 0, torch.Generator().manual_seed(0), flip=False), images)
+
+
+def test_a_record_older_than_a_setting_counts_as_made_with_its_default():
+    settings = dataclasses.asdict(ConvNetConfig())
+    older = {k: v for k, v in settings.items() if k != "flip"}  # written before the flip setting existed
+    assert curve.same_settings(older, ConvNetConfig())
+    assert not curve.same_settings(older, ConvNetConfig(flip=False))
+    assert not curve.same_settings({**settings, "epochs": 7}, ConvNetConfig())
+    assert not curve.same_settings(None, ConvNetConfig())
