@@ -293,6 +293,18 @@ _MEASURE = (
     "  .map(i => (i.getAttribute('src') || '').split('/').pop() + ' at ' +"
     "  Math.round(100 * i.clientWidth / i.naturalWidth) + '%');"
     "b.setAttribute('data-shrunk-images', JSON.stringify(shrunk));"
+    # code blocks whose lines run past their box (cut, or scrolled sideways)
+    "const cut = [...document.querySelectorAll('article pre, main pre')].filter("
+    "  p => p.scrollWidth > p.clientWidth + 2)"
+    "  .map(p => (p.innerText || '').trim().slice(0, 40).replace(/\\s+/g, ' '));"
+    "b.setAttribute('data-cut-code', JSON.stringify(cut));"
+    # tables whose cells have no room between them: the columns read as one ("CIFAR-100Original")
+    "const tight = [...document.querySelectorAll('article table, main table')].filter(t => {"
+    "  const c = t.querySelector('td'); if (!c) return false;"
+    "  const s = getComputedStyle(c);"
+    "  return parseFloat(s.paddingLeft) + parseFloat(s.paddingRight) < 6; })"
+    "  .map(t => (t.innerText || '').trim().slice(0, 40).replace(/\\s+/g, ' '));"
+    "b.setAttribute('data-tight-tables', JSON.stringify(tight));"
     "}, 2000));</script>")
 # Smallest share of its own width a figure may be drawn at: below it, 9-pt text of a
 # matplotlib figure reads smaller than about 5 pt on the page.
@@ -301,8 +313,9 @@ MIN_IMAGE_SCALE = 0.55
 
 def page_layout(page: Path, width: int = 1280, browser: str | None = None) -> dict:
     """How ``page`` lays out at ``width`` in headless Chromium (after its scripts ran): its
-    height in CSS pixels, the tables wider than their column (their first words) and the
-    figures drawn at less than :data:`MIN_IMAGE_SCALE` of their own width. A copy beside it
+    height in CSS pixels, the tables wider than their column (their first words), the
+    figures drawn at less than :data:`MIN_IMAGE_SCALE` of their own width, the code blocks
+    cut at the right and the tables whose cells have no padding. A copy beside it
     with a measuring script is loaded, then removed."""
     import json
 
@@ -323,15 +336,21 @@ def page_layout(page: Path, width: int = 1280, browser: str | None = None) -> di
         return json.loads(html.unescape(found.group(1))) if found else []
 
     return {"height": int(hit.group(1)), "wide_tables": attr("data-wide-tables"),
-            "shrunk_images": attr("data-shrunk-images")}
+            "shrunk_images": attr("data-shrunk-images"), "cut_code": attr("data-cut-code"),
+            "tight_tables": attr("data-tight-tables")}
 
 
 def layout_problems(layout: dict, name: str = "page") -> list[str]:
-    """Tables cut at the right and figures whose text is drawn too small, in words."""
+    """Tables cut at the right or run together, figures whose text is drawn too small and
+    code blocks cut at the right, in words."""
     out = [f"{name}: a table is wider than its column ({t!r}...): wrap, shorten or split it"
            for t in layout.get("wide_tables", [])]
     out += [f"{name}: figure {i} of its width: its text is too small to read; draw it smaller (figsize)"
             for i in layout.get("shrunk_images", [])]
+    out += [f"{name}: a code block is cut at the right ({c!r}...): break its lines"
+            for c in layout.get("cut_code", [])]
+    out += [f"{name}: a table's cells have no room between them ({t!r}...): its columns run together"
+            for t in layout.get("tight_tables", [])]
     return out
 
 
