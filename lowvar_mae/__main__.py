@@ -115,6 +115,22 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def cmd_record(args) -> int:
+    """Pretraining records (loss curve, reconstructions) of finished run folders, for runs
+    whose cells were recorded before the grid wrote them."""
+    from . import grid
+    from .provenance import require_clean
+
+    require_clean(args.allow_dirty)
+    missing = [d for d in args.run_dirs if not (Path(d) / "config.json").is_file()]
+    if missing:
+        raise ValueError(f"not a run folder (no config.json): {', '.join(missing)}")
+    for run_dir in args.run_dirs:
+        path = grid.record_pretraining(run_dir)
+        print(f"{run_dir}: {path if path is not None else 'already recorded'}")
+    return 0
+
+
 def cmd_curve(args) -> int:
     """The conv net on PCA subspaces, one point at a time; points with records are skipped."""
     from . import curve
@@ -288,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("record", help="write the pretraining record (loss curve, reconstructions of the fixed "
+                       "test batch) of finished run folders that have none")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("curve", help="the conv net on top and bottom PCA subspaces (one record per point), "
                        "skipping points that have records",

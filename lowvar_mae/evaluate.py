@@ -70,7 +70,7 @@ from .checkpoint import (CheckpointError, check_writable, command_lock, latest_c
                          staging_dir)
 from .data import load_dataset, validation_split
 from .models import POOLINGS, ViTClassifier, ViTEncoder, build_mae, set_attention
-from .pretrain import is_finished
+from .pretrain import is_finished, pretrain_provenance
 from .probes import (LinearConfig, LinearProbe, _batched, build_head, choose_pooling, choose_weight_decay,
                      extract_features, extract_pooled, knn_accuracy, linear_accuracy)
 from .provenance import OtherLoad, atomic_write_json, read_json, results_dir, runs_dir
@@ -395,18 +395,6 @@ def _record_fields(config: FinetuneConfig | KNNConfig, summary: dict, run_dir: P
     return fields_
 
 
-def pretrain_provenance(run_dir: Path, summary: dict) -> dict:
-    """What made a pretrained encoder, from its run folder: the code (git revision, and that
-    of every resumed start), the machine, threads, precision and wall time."""
-    path = run_dir / "provenance.json"
-    prov = read_json(path, "the pretraining run folder is damaged") if path.is_file() else {}
-    return {"git_revision": prov.get("git_revision"), "device_name": prov.get("device_name"),
-            "threads": prov.get("threads"), "host": prov.get("host"), "time_utc": prov.get("time_utc"),
-            "precision": summary.get("precision", prov.get("precision")), "train_seconds": summary.get("train_seconds"),
-            "images_per_s": summary.get("images_per_s"), "other_cores_max": summary.get("other_cores_max"),
-            "resumes": [r.get("git_revision") for r in prov.get("resumes", [])]}
-
-
 def has_record(run_name: str, metric: str, results_root=None) -> bool:
     """Whether a record of evaluation run ``run_name`` and ``metric`` exists: under ``results_root``
     if given, else in any folder records are read from (``lowvar_mae.results.record_dirs``: the
@@ -607,5 +595,5 @@ def pixel_linear_probe(dataset: str, *, seed: int = 0, n_train: int | None = Non
 
 
 __all__ = ["RECORD_KIND", "EvalResult", "Splits", "load_splits", "random_encoder", "load_pretrained_encoder",
-           "build_classifier", "rand_augment", "augment_batch", "fit_classifier", "knn_probe", "pretrain_provenance",
+           "build_classifier", "rand_augment", "augment_batch", "fit_classifier", "knn_probe",
            "has_record", "evaluate", "BASELINE_KIND", "pixel_linear_probe"]

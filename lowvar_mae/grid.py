@@ -35,7 +35,7 @@ from pathlib import Path
 from .data import DATASETS
 from .evaluate import evaluate, has_record
 from .learning_order import LEARNING_ORDER_KIND, band_hook, learning_order_fields
-from .pretrain import pretrain
+from .pretrain import PRETRAINING_KIND, pretrain, pretraining_fields
 from .provenance import device_info, require_clean, runs_dir
 from .recipes import (EVAL_RECIPES, METRICS, NO_TARGET, PRETRAIN_RECIPES, FinetuneConfig, KNNConfig, make_config,
                       make_eval_config)
@@ -243,6 +243,9 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
                 [band_hook(source, n_eval=BAND_IMAGES, every=max(1, source.probe_every), device=device, root=root,
                            at_most=True)]
             run = pretrain(source, root=root, device=device, progress=progress, epoch_hooks=hooks)
+            path = record_pretraining(run.run_dir, results_root)
+            if path is not None:
+                written.append(path)
             if hooks:
                 path = record_learning_order(run, results_root, device=device, log=log)
                 if path is not None:
@@ -253,6 +256,16 @@ def run_grid(cells: list[Cell], *, device: str = "auto", results_root=None, root
         log(f"grid: [{i + 1}/{len(todo)}] {cell}: {result.value:.4f} in {(time.perf_counter() - start) / 60:.1f} min"
             f" -> {result.record}")
     return written
+
+
+def record_pretraining(run_dir, results_root=None) -> Path | None:
+    """Write the pretraining record of a finished run (loss curve, reconstructions of its
+    fixed test batch), unless one of its run name exists; returns the record written, if any."""
+    done = load_records(PRETRAINING_KIND, results_root)
+    if len(done) and (done["run_name"] == Path(run_dir).name).any():
+        return None
+    # The record's own provenance is of the reading; the run's (machine, code) is in pretrain_provenance.
+    return write_record(PRETRAINING_KIND, pretraining_fields(run_dir), root=results_root)
 
 
 def record_learning_order(run, results_root=None, *, device: str = "auto", log=print) -> Path | None:
@@ -274,4 +287,4 @@ def record_learning_order(run, results_root=None, *, device: str = "auto", log=p
 
 
 __all__ = ["DEFAULT_TARGETS", "OTHER_TARGETS", "DEFAULT_PROBES", "Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
-           "run_grid", "STOP_FILE", "BAND_IMAGES", "length_overrides", "record_learning_order"]
+           "run_grid", "STOP_FILE", "BAND_IMAGES", "length_overrides", "record_pretraining", "record_learning_order"]

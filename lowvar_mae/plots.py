@@ -117,6 +117,19 @@ def show_eigenimages(basis, k: int = 16, per_row: int = 8):
     return fig
 
 
+def takeaway(points):
+    """The end-of-chapter box: what a reader should take from the chapter, one point a line."""
+    from IPython.display import Markdown
+
+    body = "\n".join(f"* {p}" for p in points)
+    return Markdown(f"```{{admonition}} What to take from this chapter\n:class: takeaway\n{body}\n```")
+
+
+def data_label(name: str) -> str:
+    """What a figure's data is, for its title: the embedded set is named as synthetic teaching data."""
+    return "synthetic teaching data (embedded set)" if name == "synthetic" else name
+
+
 def dataset_note(name: str):
     """A Markdown note saying what data a chapter ran on (the embedded set is synthetic)."""
     from IPython.display import Markdown
@@ -176,14 +189,39 @@ def plot_curves(frames: Mapping[str, "object"], y: str = "loss", x: str = "epoch
     return fig
 
 
-def plot_subspace_accuracy(frame, classifier: str | None = None, ax=None):
+def plot_recorded_losses(records, targets: Sequence[str], labels: Mapping[str, str] | None = None):
+    """Training loss against epoch from pretraining records (``load_records('pretraining')``
+    rows): one panel per target (their losses are on different scales), one line per run,
+    named by its length and seed."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.4 * len(targets), 3.4), squeeze=False)
+    for ax, target in zip(axes.flat, targets):
+        part = records[records["target"] == target].sort_values(["pretrain_epochs", "seed"])
+        for _, r in part.iterrows():
+            epochs = [c["epoch"] for c in r["curve"]]
+            ax.plot(epochs, [c["loss"] for c in r["curve"]], marker="o", ms=2.5,
+                    label=f"{r['pretrain_epochs']} epochs, seed {r['seed']}")
+        ax.set_yscale("log")
+        ax.set_title((labels or {}).get(target, target), fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("masked-patch MSE (training)")
+        ax.grid(alpha=0.3, which="both")
+        if len(part):
+            ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_subspace_accuracy(frame, classifier: str | None = None, ax=None, title: str | None = None):
     """Test accuracy against the share of variance kept (measured on the test images): one
     curve for top and one for bottom subspaces per classifier, the full-image accuracy as a
-    horizontal line, chance as a dotted line. frame: rows of :func:`classify_subspaces`."""
+    horizontal line, chance as a dotted line; the legend right of the axes, off the data.
+    frame: rows of :func:`classify_subspaces`."""
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.0))
+        _, ax = plt.subplots(figsize=(8.6, 4.0))
     names = [classifier] if classifier else list(dict.fromkeys(frame["classifier"]))
     for i, name in enumerate(names):
         part = frame[frame["classifier"] == name]
@@ -202,7 +240,9 @@ def plot_subspace_accuracy(frame, classifier: str | None = None, ax=None):
     ax.set_ylabel("test accuracy")
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.figure.tight_layout()
     return ax.figure
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
 from .provenance import OtherLoad, atomic_write_json, read_json, runs_dir
+from .results import pack_array
 from .recipes import PretrainConfig, read_run_config
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
 from .train import (DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on, init_distributed, normalize,
@@ -266,3 +267,70 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> PretrainRun:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
     load_weights(model, ckpt)
     return PretrainRun(run_dir, config, model, read_metrics(run_dir), trained_now=False)
+
+
+def pretrain_provenance(run_dir: Path, summary: dict) -> dict:
+    """What made a pretrained encoder, from its run folder: the code (git revision, and that
+    of every resumed start), the machine, threads, precision and wall time."""
+    path = run_dir / "provenance.json"
+    prov = read_json(path, "the pretraining run folder is damaged") if path.is_file() else {}
+    return {"git_revision": prov.get("git_revision"), "device_name": prov.get("device_name"),
+            "threads": prov.get("threads"), "host": prov.get("host"), "time_utc": prov.get("time_utc"),
+            "precision": summary.get("precision", prov.get("precision")), "train_seconds": summary.get("train_seconds"),
+            "images_per_s": summary.get("images_per_s"), "other_cores_max": summary.get("other_cores_max"),
+            "resumes": [r.get("git_revision") for r in prov.get("resumes", [])]}
+
+
+PRETRAINING_KIND = "pretraining"
+RECORD_IMAGES = 4  # reconstructions a pretraining record keeps (of the run's fixed batch of 8)
+
+
+def pretraining_fields(run_dir: str | Path, n_images: int = RECORD_IMAGES) -> dict:
+    """What a pretraining record holds, read from a finished run folder: its name and config,
+    the loss curve (loss, seconds and images/s of every epoch), what made it, and the
+    reconstructions of the first ``n_images`` images of its fixed test batch at its first and
+    last saved epoch (input and mask as uint8, target and predictions as float16: a faint
+    target needs more than 8 bits to be shown stretched) with the masked-patch relative error
+    of the whole batch at each."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    metrics = read_metrics(run_dir)
+    summary_path = run_dir / "summary.json"
+    if len(metrics) < config.epochs or not summary_path.is_file():
+        raise ValueError(f"run {run_dir} is not finished ({len(metrics)} of {config.epochs} epochs): a pretraining "
+                         "record is written for finished runs only")
+    summary = read_json(summary_path, "the run folder is damaged")
+    curve = [{k: m[k] for k in ("epoch", "loss", "seconds", "images_per_s", "lr") if k in m} for m in metrics]
+    fields = {"dataset": config.dataset, "target": config.target, "recipe": config.recipe, "seed": config.seed,
+              "model": config.model, "pretrain_epochs": config.epochs, "run_name": run_dir.name,
+              "config": asdict(config), "curve": curve,
+              "pretrain_seconds": sum(float(m.get("seconds", 0.0)) for m in metrics),
+              "pretrain_provenance": pretrain_provenance(run_dir, summary)}
+    recons = load_reconstructions(run_dir)
+    if recons:
+        first, last = min(recons), max(recons)
+        shown = recons[last]
+        fields["reconstructions"] = {
+            "epochs": [first, last],
+            "input": pack_array((shown["input"][:n_images] * 255).round().clamp(0, 255).to(torch.uint8).numpy()),
+            "mask": pack_array(shown["mask"][:n_images].round().to(torch.uint8).numpy()),
+            "target": pack_array(shown["target"][:n_images].half().numpy()),
+            "prediction": {str(e): pack_array(recons[e]["prediction"][:n_images].half().numpy()) for e in (first, last)},
+            "relative_error": {str(e): masked_relative_error(recons[e]) for e in (first, last)},
+        }
+    return fields
+
+
+def recorded_reconstructions(record: dict) -> dict[int, dict[str, torch.Tensor]]:
+    """The reconstructions of a pretraining record by epoch, as :func:`load_reconstructions`
+    gives them from a run folder (images in [0, 1])."""
+    from .results import unpack_array
+
+    rec = record.get("reconstructions")
+    if not isinstance(rec, dict):
+        return {}
+    x = torch.from_numpy(unpack_array(rec["input"])).float() / 255
+    mask = torch.from_numpy(unpack_array(rec["mask"])).float()
+    target = torch.from_numpy(unpack_array(rec["target"])).float()
+    return {int(e): {"input": x, "mask": mask, "target": target,
+                     "prediction": torch.from_numpy(unpack_array(p)).float()} for e, p in rec["prediction"].items()}

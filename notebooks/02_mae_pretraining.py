@@ -22,6 +22,7 @@
 
 # %% tags=["parameters", "hide-cell"]
 dataset = "synthetic"     # synthetic | cifar10 | cifar100 | stl10
+real_dataset = "cifar10"  # whose committed pretraining records the CIFAR section shows
 target = "pca-bottom"     # pixels | norm-pix | pca-bottom | pca-top (or a full spec such as "pca-top:0.75")
 share = 0.25              # share of variance for pca-* targets
 recipe = "quick"          # quick (CPU minutes) | paper (the presentation's 400 epochs)
@@ -35,11 +36,15 @@ retrain = False           # True: delete the run folder and train again
 compare = "pixels"        # a second run of the same recipe on this target, to compare with ("" for none)
 
 # %% tags=["remove-cell"]
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lowvar_mae.plots import dataset_note, glue, plot_curves, reconstruction_grid
-from lowvar_mae.pretrain import masked_relative_error, pretrain
+from lowvar_mae.plots import (data_label, dataset_note, glue, plot_curves, plot_recorded_losses, reconstruction_grid,
+                              reproduce, takeaway)
+from lowvar_mae.pretrain import PRETRAINING_KIND, masked_relative_error, pretrain, recorded_reconstructions
+from lowvar_mae.reference import target_label
+from lowvar_mae.results import load_records
 from lowvar_mae.recipes import make_config
 
 spec = f"{target}:{share:g}" if target.startswith("pca-") and ":" not in target else target
@@ -143,6 +148,49 @@ if compare and first_last[spec][1] >= 0.95 and first_last[compare][1] < 0.8:
 display(Markdown(text))
 
 # %% [markdown]
+# ## The CPU protocol on CIFAR-10, from its records
+#
+# The same two targets in the [evaluation chapter](03_evaluation.ipynb)'s CPU protocol: all
+# 50,000 CIFAR-10 training images, the 3.6 M-parameter `cpu-cifar` ViT, seed 0. Each
+# pretraining run of the grid leaves a record of its loss curve and of the reconstructions
+# of a fixed batch of test images at its first and last epoch (4 of them are kept).
+
+# %% tags=["remove-input"]
+pre = load_records(PRETRAINING_KIND)
+if len(pre):
+    pre = pre[(pre["dataset"] == real_dataset) & (pre["recipe"] == "cpu") & (pre["seed"] == 0)]
+real_targets = [t for t in ("pixels", "pca-bottom:0.25") if len(pre) and (pre["target"] == t).any()]
+if real_targets:
+    fig = plot_recorded_losses(pre, real_targets, labels={t: target_label(t) for t in real_targets})
+    fig.suptitle(f"{real_dataset}, 50,000 training images, cpu-cifar ViT, seed 0 (records)", y=1.02, fontsize=11)
+    display(reproduce("python -m lowvar_mae grid --targets pixels pca-bottom:0.25 --seeds 0 --epochs 24",
+                      PRETRAINING_KIND))
+else:
+    display(Markdown(f"No pretraining records of {real_dataset} yet: "
+                     "`python -m lowvar_mae grid --targets pixels pca-bottom:0.25 --seeds 0` writes them."))
+
+# %% tags=["remove-input"]
+shown = []
+for t in real_targets:
+    longest = pre[pre["target"] == t].sort_values("pretrain_epochs").iloc[-1]
+    recs = recorded_reconstructions(longest.to_dict())
+    if not recs:
+        continue
+    errs = longest["reconstructions"]["relative_error"]
+    for e in sorted(recs) if t.startswith("pca-bottom") else [max(recs)]:
+        fig = reconstruction_grid(recs[e], n=4, stretch_target=t.startswith("pca-bottom"))
+        fig.suptitle(f"{real_dataset} test images, {target_label(t)} target, epoch {e} of {longest['pretrain_epochs']}",
+                     y=1.03, fontsize=11)
+        plt.show()
+    shown.append(f"**{target_label(t)}**, {longest['pretrain_epochs']} epochs: masked-patch error "
+                 + ", ".join(f"{v:.2f} at epoch {k}" for k, v in sorted(errs.items(), key=lambda kv: int(kv[0])))
+                 + " of the target's variance (8 test images; 1.0 is the mean image)")
+if shown:
+    display(Markdown("\n".join(f"* {s}" for s in shown)))
+    display(reproduce("python -m lowvar_mae grid --targets pixels pca-bottom:0.25 --seeds 0 --epochs 24",
+                      PRETRAINING_KIND))
+
+# %% [markdown]
 # ## The run folder
 #
 # Everything the run produced lives in one folder named from its configuration:
@@ -152,3 +200,13 @@ display(Markdown(text))
 
 # %%
 sorted(p.name for p in run.run_dir.iterdir())
+
+# %% tags=["remove-input"]
+read = {name: (a, b) for name, (a, b) in first_last.items()}
+points = ["The encoder always sees the original image with three quarters of its patches hidden; only the image "
+          "it must reconstruct changes."]
+points += [f"On this page's run ({data_label(dataset)}), the {name} target's masked-patch error went from {a:.2f} to "
+           f"{b:.2f} of its variance: {_reading(b)}." for name, (a, b) in read.items()]
+points.append("A low-variance target has a small loss in absolute terms; compare errors relative to the target's "
+              "variance, as here, and judge the encoder by probing it ([evaluation](03_evaluation.ipynb)).")
+display(takeaway(points))

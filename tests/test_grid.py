@@ -10,7 +10,9 @@ from lowvar_mae import evaluate as ev
 from lowvar_mae import grid, probes, recipes
 from lowvar_mae.__main__ import main
 from lowvar_mae.models import POOLINGS, build_mae, pool_tokens
-from lowvar_mae.pretrain import pretrain, probe_curve
+from lowvar_mae.pretrain import (load_reconstructions, masked_relative_error, pretrain, pretraining_fields, probe_curve,
+                                 recorded_reconstructions)
+from lowvar_mae.train import read_metrics
 from lowvar_mae.recipes import make_config
 from lowvar_mae.results import load_records
 
@@ -143,7 +145,8 @@ def test_grid_runs_missing_cells_once_and_lists_the_rest(dirs):
     assert "4 of 4 cells have no record" in grid.describe_missing(cells)
     written = grid.run_grid(cells, allow_dirty=True, log=lambda *_: None)
     evals = [p for p in written if p.parent == results / "eval"]
-    assert len(evals) == 4 and [p.parent.name for p in written if p not in evals] == ["learning_order"]
+    assert len(evals) == 4
+    assert [p.parent.name for p in written if p not in evals] == ["pretraining", "learning_order"]
     assert grid.missing(cells) == []
     assert grid.describe_missing(cells) == "all 4 cells have records"
 
@@ -155,6 +158,22 @@ def test_grid_runs_missing_cells_once_and_lists_the_rest(dirs):
     assert pretrained["pretrain_seconds"] > 0
     assert [c["epoch"] for c in pretrained["pretrain_probe_curve"]] == [0, 1]
     assert set(records[records["metric"] == "linprobe"].iloc[0]["features_val"]) == set(POOLINGS)
+
+    # The pretraining record: the run's loss curve and its reconstructions, as the run folder has them.
+    pre = load_records("pretraining", results).iloc[0]
+    run_dir = runs / pre["run_name"]
+    assert [c["epoch"] for c in pre["curve"]] == [1] and pre["pretrain_epochs"] == 1
+    assert pre["curve"][0]["loss"] == read_metrics(run_dir)[0]["loss"]
+    saved, kept = load_reconstructions(run_dir), recorded_reconstructions(pre.to_dict())
+    assert sorted(kept) == sorted(saved) == [1]
+    for key in ("input", "mask", "target", "prediction"):
+        want = saved[1][key][:4]
+        assert kept[1][key].shape == want.shape
+        tol = 0.5 / 255 if key == "input" else 0.0 if key == "mask" else 2e-3  # uint8 / exact / float16
+        assert (kept[1][key] - want).abs().max() <= tol + 1e-6, key
+    assert pre["reconstructions"]["relative_error"]["1"] == pytest.approx(masked_relative_error(saved[1]))
+    assert pre["pretrain_provenance"]["git_revision"] and pre["pretrain_provenance"]["device_name"]
+    assert grid.record_pretraining(run_dir, results) is None  # one record per run
 
     # A second run finds nothing to do; more seeds give estimates from the records.
     assert grid.run_grid(cells, allow_dirty=True, log=lambda *_: None) == []
@@ -242,3 +261,13 @@ def test_probes_of_one_encoder_extract_features_once(dirs, monkeypatch):
     ev.evaluate(recipes.make_eval_config("knn", "cpu", None, seed=1, **kw), progress=False)
     assert len(calls) == 3 + 3 + 3
     assert linear.summary["features"] in POOLINGS
+
+
+def test_a_pretraining_record_needs_a_finished_run_folder(dirs, capsys):
+    runs, _ = dirs
+    config = make_config("quick", "synthetic", "pixels", **{**TINY_PRE, "epochs": 2})
+    part = pretrain(config, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"is not finished \(1 of 2 epochs\)"):
+        pretraining_fields(part.run_dir)
+    assert main(["record", str(runs / "nowhere"), "--allow-dirty"]) == 2
+    assert "not a run folder (no config.json)" in capsys.readouterr().err
