@@ -105,4 +105,70 @@ def findings(dataset: str = "cifar10", recipe: str = "cpu") -> dict:
     return out
 
 
-__all__ = ["BOTTOM", "findings"]
+def _pts(x: float) -> str:
+    return f"{x * 100:+.1f} points"
+
+
+def _interval(f: dict, prefix: str) -> str:
+    if f.get(f"{prefix}_n", 0) < 2:
+        return "one seed, no interval"
+    return f"95% interval {f[prefix + '_low'] * 100:+.1f} to {f[prefix + '_high'] * 100:+.1f}, {f[prefix + '_n']} seeds"
+
+
+def _verdict_point(f: dict, prefix: str, epochs) -> str | None:
+    if f"{prefix}_mean" not in f:
+        return None
+    outcome = f[f"{prefix}_outcome"]
+    text = (f"At {epochs} pretraining epochs, bottom 25% minus pixels is {_pts(f[prefix + '_mean'])} by linear "
+            f"probe ({_interval(f, prefix)}): ")
+    if outcome == "not trained enough at this length":
+        return text + "the bottom-25% encoder does not clear the random encoder by the bar, so no verdict."
+    if outcome == "one seed only":
+        return text + "one seed, so no verdict yet."
+    if outcome == "higher":
+        return text + "the bottom target is ahead; the interval after Holm's correction excludes zero."
+    if outcome == "lower":
+        return text + "the pixel target is ahead; the interval after Holm's correction excludes zero. " \
+                      "At this length the records contradict the idea under test."
+    return text + "no difference is shown after Holm's correction."
+
+
+def takeaways(f: dict, chapter: str) -> list[str]:
+    """The points of a chapter's end box, in words, from :func:`findings` (``chapter``: one
+    of "evaluation", "subspace", "learning-order", "other-targets", "conclusions")."""
+    points: list[str] = []
+    if chapter in ("evaluation", "conclusions"):
+        for prefix, epochs in (("short_lin", f.get("epochs")), ("long_lin", f.get("study_longest"))):
+            said = _verdict_point(f, prefix, epochs)
+            if said:
+                points.append(said)
+        if f.get("crossing_epochs", math.nan) > (f.get("study_longest") or math.inf):
+            points.append(f"The gap has been closing with training; a straight line in log(epochs) would cross zero "
+                          f"near {f['crossing_epochs']:.0f} epochs. That is an extrapolation, not a measurement.")
+        points.append("Every verdict is one rule: seeds paired, a 95% t interval, Holm's correction over the "
+                      "page's comparisons, and no verdict for an encoder under the random-encoder bar.")
+    if chapter in ("subspace", "conclusions") and f.get("convnet_full_n"):
+        bottom, top, full = f["convnet_bottom25"], f["convnet_top90"], f["convnet_full"]
+        said = (f"a conv net reads the class from the bottom-25% subspace at {bottom * 100:.1f}% test accuracy, "
+                f"from the top-90% subspace at {top * 100:.1f}% and from the full image at {full * 100:.1f}%")
+        points.append(f"The premise holds on {f['dataset']}: {said}." if bottom > top else
+                      f"The premise does not hold on {f['dataset']}: {said}.")
+    if chapter in ("learning-order", "conclusions"):
+        level = f["mean_image_level"]
+        for key, epochs in (("short", f.get("epochs")), ("long", f.get("study_longest"))):
+            if f"{key}_finest_error" in f:
+                err = f[f"{key}_finest_error"]
+                where = "below" if err < level else "still above"
+                points.append(f"After {epochs} epochs the bottom-25% MAE's finest band ({f[key + '_finest_band']} of "
+                              f"the variance) has relative error {err:.3f}, {where} the mean-image level {level:.2f}.")
+        if chapter == "learning-order":
+            points.append("The fine detail is learned last: a short schedule can judge a low-variance target before "
+                          "the model has learned it.")
+    if chapter in ("other-targets", "conclusions") and "rivals" in f:
+        holding = f.get("rivals_holding") or []
+        points.append("Rival targets ahead of pixels by the same rule: " + (", ".join(holding) if holding else "none")
+                      + f" (at {f['epochs']} epochs).")
+    return points
+
+
+__all__ = ["BOTTOM", "findings", "takeaways"]

@@ -209,3 +209,15 @@ if len(records):
     display(Markdown("Machines: " + "; ".join(sorted(set(records["device_name"].dropna()))) + "."))
 else:
     print("No PCA records of real datasets yet.")
+
+# %% [markdown]
+# ```{admonition} What to take from this chapter
+# :class: takeaway
+# * Variance is concentrated in few components: on this page's data {glue:text}`k90` of
+#   {glue:text}`dim` components hold 90% of it, so a "bottom" subspace is most of the
+#   dimensions carrying little of the variance.
+# * A top image can be close to the original by pixel error and still lose the fine detail:
+#   pixel error weighs every direction by its variance.
+# * Top and bottom images are exact complements (they add up to the image plus the mean
+#   image), so the two kinds of target split one image in two.
+# ```

@@ -47,11 +47,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from lowvar_mae import grid, report, schedule, verdicts
+from lowvar_mae import conclusions, grid, report, schedule, verdicts
 from lowvar_mae.data import DATASETS
 from lowvar_mae.evaluate import evaluate
 from lowvar_mae.models import build_mae
-from lowvar_mae.plots import glue, reproduce
+from lowvar_mae.plots import glue, reproduce, takeaway
 from lowvar_mae.pretrain import pretrain
 from lowvar_mae.recipes import EVAL_RECIPES, PRETRAIN_RECIPES, make_config, make_eval_config
 from lowvar_mae.reference import target_label
@@ -489,3 +489,6 @@ if len(others):
         display(t[["label", "metric", "mean", "n", "model", "pretrain_epochs", "n_train", "n_test"]].rename(
             columns={"label": "target", "mean": "test accuracy", "n": "seeds"}).style.hide(axis="index").format(
             {"test accuracy": "{:.3f}"}))
+
+# %% tags=["remove-input"]
+display(takeaway(conclusions.takeaways(conclusions.findings(dataset, recipe), "evaluation")))

@@ -46,11 +46,11 @@ seed = 0
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lowvar_mae import basis_io, pca, schedule
+from lowvar_mae import basis_io, conclusions, pca, schedule
 from lowvar_mae.data import load_dataset
 from lowvar_mae.learning_order import (LEARNING_ORDER_KIND, band_metrics, learning_order_records, learning_order_run,
                                        read_band_metrics)
-from lowvar_mae.plots import dataset_note, glue, plot_learning_order, reproduce
+from lowvar_mae.plots import dataset_note, glue, plot_learning_order, reproduce, takeaway
 from lowvar_mae.recipes import PRETRAIN_RECIPES, make_config
 from lowvar_mae.results import load_records
 
@@ -316,3 +316,6 @@ fig = plot_learning_order(frames)
 # (6 epochs): they show the measurement and the first steps of the order, not its end. On the
 # embedded synthetic data the top components are smooth colour fields, easy to infer from
 # the visible patches.
+
+# %% tags=["remove-input"]
+display(takeaway(conclusions.takeaways(conclusions.findings(real_dataset), "learning-order")))

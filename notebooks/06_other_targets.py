@@ -39,9 +39,9 @@ recipe = "cpu"        # the protocol whose records are shown
 import pandas as pd
 from IPython.display import Markdown, display
 
-from lowvar_mae import grid, report, verdicts
+from lowvar_mae import conclusions, grid, report, verdicts
 from lowvar_mae.data import DATASETS
-from lowvar_mae.plots import glue, reproduce
+from lowvar_mae.plots import glue, reproduce, takeaway
 from lowvar_mae.reference import target_label
 from lowvar_mae.results import load_records
 
@@ -199,3 +199,8 @@ if todo:
     display(pd.DataFrame(rows).style.hide(axis="index"))
 else:
     display(Markdown("Every cell of this chapter has a record for seeds 0, 1 and 2."))
+
+# %% tags=["remove-input"]
+display(takeaway(conclusions.takeaways(conclusions.findings(dataset, recipe), "other-targets") + [
+    "PC masking here draws the masked share at random per step and fits its PCA on centred pixels; the table "
+    "above lists where this protocol differs from each paper."]))

@@ -31,8 +31,8 @@ import math
 from IPython.display import Markdown, display
 
 from lowvar_mae import verdicts
-from lowvar_mae.conclusions import findings
-from lowvar_mae.plots import glue
+from lowvar_mae.conclusions import findings, takeaways
+from lowvar_mae.plots import glue, takeaway
 from lowvar_mae.report import PROBE_LABELS
 from lowvar_mae.reference import target_label
 
@@ -183,3 +183,6 @@ if "minutes_per_epoch" in f and not math.isnan(f["minutes_per_epoch"]):
         "at 100 epochs, one run at a time. The `gpu` recipe (the presentation's ViT-Tiny, 100 epochs) is the "
         "settling experiment; `bench/gpu_study.py` measures its throughput and runs as much of it as a lent GPU "
         "allows."))
+
+# %% tags=["remove-input"]
+display(takeaway(takeaways(f, "conclusions")))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lowvar_mae import book
-from lowvar_mae.conclusions import BOTTOM, findings
+from lowvar_mae.conclusions import BOTTOM, findings, takeaways
 from lowvar_mae.results import load_records
 
 
@@ -78,3 +78,42 @@ def test_the_executed_page_glues_the_numbers_of_the_records(committed, tmp_path,
                    if "data" in o)
     assert f"{abs(f['short_lin_mean']) * 100:.1f} points" in text
     assert f"{f['convnet_bottom25'] * 100:.1f}%" in text
+
+
+def _hand_made(**changes):
+    f = {"dataset": "cifar10", "epochs": 6, "study_longest": 24, "mean_image_level": 0.75,
+         "short_lin_mean": -0.056, "short_lin_low": -0.082, "short_lin_high": -0.029, "short_lin_n": 3,
+         "short_lin_outcome": "not trained enough at this length",
+         "long_lin_mean": 0.031, "long_lin_low": 0.012, "long_lin_high": 0.050, "long_lin_n": 3,
+         "long_lin_outcome": "higher", "crossing_epochs": 69.0,
+         "convnet_full": 0.867, "convnet_full_n": 3, "convnet_top90": 0.695, "convnet_bottom25": 0.861,
+         "short_finest_band": "90-100%", "short_finest_error": 0.876,
+         "long_finest_band": "90-100%", "long_finest_error": 0.683,
+         "rivals": {}, "rivals_holding": []}
+    f.update(changes)
+    return f
+
+
+def test_the_end_boxes_say_what_the_rule_and_the_numbers_say():
+    """Hand-made findings: each outcome of the rule gets its own words, numbers as given."""
+    said = takeaways(_hand_made(), "evaluation")
+    assert said[0].startswith("At 6 pretraining epochs, bottom 25% minus pixels is -5.6 points by linear probe "
+                              "(95% interval -8.2 to -2.9, 3 seeds)") and "so no verdict" in said[0]
+    assert "+3.1 points" in said[1] and "the bottom target is ahead" in said[1]
+    assert "near 69 epochs" in said[2] and "extrapolation" in said[2]
+    lower = takeaways(_hand_made(long_lin_outcome="lower"), "evaluation")[1]
+    assert "the pixel target is ahead" in lower and "contradict the idea" in lower
+    unshown = takeaways(_hand_made(long_lin_outcome="no difference shown"), "evaluation")[1]
+    assert "no difference is shown after Holm's correction" in unshown
+    # A crossing already behind the longest length measured is not an extrapolation to announce.
+    assert not any("cross zero" in p for p in takeaways(_hand_made(crossing_epochs=12.0), "evaluation"))
+
+    premise = takeaways(_hand_made(), "subspace")
+    assert premise == ["The premise holds on cifar10: a conv net reads the class from the bottom-25% subspace at "
+                       "86.1% test accuracy, from the top-90% subspace at 69.5% and from the full image at 86.7%."]
+    assert takeaways(_hand_made(convnet_bottom25=0.5), "subspace")[0].startswith("The premise does not hold")
+
+    order = takeaways(_hand_made(), "learning-order")
+    assert "0.876, still above the mean-image level 0.75" in order[0] and "0.683, below" in order[1]
+    rivals = takeaways(_hand_made(rivals_holding=["fft-high:0.14"]), "other-targets")
+    assert rivals == ["Rival targets ahead of pixels by the same rule: fft-high:0.14 (at 6 epochs)."]
