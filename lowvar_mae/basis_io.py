@@ -32,6 +32,8 @@ def save_basis(basis: PCABasis, path: str | os.PathLike) -> Path:
         "eigenvalues": basis.eigenvalues.detach().cpu().to(torch.float64).contiguous(),
         "components": basis.components.detach().cpu().to(torch.float32).contiguous(),
     }
+    if basis.scale is not None:
+        tensors["scale"] = basis.scale.detach().cpu().to(torch.float64).contiguous()
     meta = {k: json.dumps(v) for k, v in basis.metadata().items()}
     meta["sha256"] = json.dumps(_tensors_digest(tensors))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -70,7 +72,8 @@ def load_basis(path: str | os.PathLike, device: torch.device | str = "cpu") -> P
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not a PCA basis of format {FORMAT} (found {meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in ("mean", "eigenvalues", "components")}
+            names = ("mean", "eigenvalues", "components") + (("scale",) if meta.get("standardized") else ())
+            tensors = {k: f.get_tensor(k) for k in names}
     except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{path} cannot be read as a PCA basis ({type(err).__name__}: {err}); {remedy}") from None
     if "sha256" not in meta:
@@ -88,6 +91,7 @@ def load_basis(path: str | os.PathLike, device: torch.device | str = "cpu") -> P
         dataset=meta["dataset"],
         split=meta["split"],
         source=meta.get("source", ""),
+        scale=tensors["scale"].to(device) if "scale" in tensors else None,
     )
 
 

@@ -69,7 +69,7 @@ def findings(dataset: str = "cifar10", recipe: str = "cpu") -> dict:
         out.update(_verdict_fields("short_knn", table, "knn"))
         margins = verdicts.random_margins(records)
         out["pixels_margin"] = margins.get("pixels", math.nan)
-        rivals = verdicts.decide(records, targets=["fft-high:0.14", "fft-low:0.177", "pc-mask", "norm-pix"])
+        rivals = verdicts.decide(records, targets=["fft-high:0.14", "fft-low:0.177", "pc-mask:0.2", "pc-mask", "norm-pix"])
         out["rivals"] = {f"{r['target']} {r['metric']}": CLAIM_OUTCOMES[r["outcome"]] for _, r in rivals.iterrows()}
         out["rivals_holding"] = sorted({r["target"] for _, r in rivals.iterrows() if r["outcome"] == "higher"})
     study = schedule.study_records(every, dataset, recipe) if every is not None and len(every) else None

@@ -18,6 +18,9 @@ class RunConfig:
     """
 
     NOT_IN_NAME: tuple[str, ...] = ()
+    # Fields added after runs were named: left out of the hash while they hold this default,
+    # so the run names (and records) made before they existed stay valid.
+    ADDED_LATER: dict = {}
 
     def check_types(self) -> None:
         """Raise ValueError naming the first field whose value is not of its annotated type
@@ -70,7 +73,8 @@ class RunConfig:
 
     def digest(self, **extra) -> str:
         """8 hex digits of a hash of every field in the name (plus ``extra``)."""
-        key = {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_NAME} | extra
+        key = {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_NAME
+               and not (k in self.ADDED_LATER and v == self.ADDED_LATER[k])} | extra
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
 
 

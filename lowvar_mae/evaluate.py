@@ -478,6 +478,8 @@ def _evaluate(config: FinetuneConfig | KNNConfig, *, root: str | os.PathLike | N
                          "pretrain_final_loss": done.get("final_loss"),
                          "pretrain_probe_curve": done.get("probe_curve", []),
                          "pretrain_other_cores_max": done.get("other_cores_max"),
+                         "pretrain_settings": {k: raw.get(k) for k in ("augment", "mask_ratio", "pc_basis", "pc_count")
+                                               if k in raw},
                          "pretrain_provenance": pretrain_provenance(source_dir, done)}
     encoder = encoder.to(dev)
     splits = load_splits(config.dataset, n_train=config.n_train, n_test=config.n_test,

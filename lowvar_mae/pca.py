@@ -90,6 +90,9 @@ class PCABasis:
         order of ``eigenvalues``; K <= D (the Gram path keeps only the non-zero
         ones, ``n_components`` may keep fewer).
     image_shape: (C, H, W) of the images the basis was fitted on.
+    scale: (D,) float64 per-pixel standard deviations when the PCA is of standardised
+        pixels (:func:`fit_standardized`, PC masking's option); None for pixels centred by
+        the mean image (every filter of this module).
     """
 
     mean: Tensor
@@ -101,6 +104,7 @@ class PCABasis:
     dataset: str = ""
     split: str = "train"
     source: str = ""  # digest of the images fitted on (targets.images_digest), "" if unknown
+    scale: Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -145,6 +149,7 @@ class PCABasis:
         return PCABasis(
             self.mean.to(device), self.eigenvalues.to(device), self.components.to(device),
             self.image_shape, self.n_samples, self.method, self.dataset, self.split, self.source,
+            None if self.scale is None else self.scale.to(device),
         )
 
     def metadata(self) -> dict[str, object]:
@@ -159,6 +164,7 @@ class PCABasis:
             "n_stored": self.n_stored,
             "share_convention": SHARE_CONVENTION,
             "source": self.source,
+            "standardized": self.scale is not None,
         }
 
 
@@ -407,6 +413,25 @@ def fit_pca(
     )
 
 
+def fit_standardized(images: Tensor | np.ndarray | Iterable[Tensor], *, batch_size: int = 2048,
+                     device: torch.device | str | None = None, dataset: str = "", split: str = "train") -> PCABasis:
+    """PCA of per-pixel standardised images (each pixel minus its mean, over its standard
+    deviation), as PC masking's reference code fits it: the eigenpairs of the pixels'
+    correlation matrix, from the same streamed covariance as :func:`fit_pca`. The basis
+    keeps the standard deviations in ``scale``; a pixel that never varies is refused."""
+    acc = CovarianceAccumulator(device)
+    for batch in _iter_batches(images, batch_size):
+        acc.update(batch)
+    mean, cov = acc.mean_and_covariance()
+    std = cov.diagonal().clamp_min(0).sqrt()
+    if bool((std == 0).any()):
+        raise ValueError(f"{int((std == 0).sum())} pixels never vary in these images: they cannot be standardised")
+    evals, evecs = _sorted_eigh(cov / torch.outer(std, std))
+    return PCABasis(mean=mean, eigenvalues=evals.clamp_min(0), components=_fix_signs(evecs),
+                    image_shape=tuple(int(s) for s in acc.image_shape), n_samples=acc.n, method="standardized",
+                    dataset=dataset, split=split, scale=std)
+
+
 def fit_topk(
     images: Tensor | np.ndarray,
     *,
@@ -526,6 +551,9 @@ def make_filter(
     share = check_share(share)
     if method not in BOTTOM_METHODS:
         raise ValueError(f"method must be one of {BOTTOM_METHODS}, got {method!r}")
+    if basis.scale is not None:
+        raise ValueError("this basis is a PCA of standardised pixels (PC masking's option); top and bottom "
+                         "images are filtered with the PCA of pixels centred by the mean image")
     d = basis.dim
     if side == "top" or method == "complement":
         k = basis.n_components(share, "top") if side == "top" else d - basis.n_components(share, "bottom")

@@ -156,10 +156,10 @@ def _pretrain(config: PretrainConfig, *, root: str | os.PathLike | None = None, 
     spec = parse_target(config.target)
     if spec.needs_basis:
         basis = dataset_basis(config.dataset, images=full.to_tensor() if config.n_train is not None else images.cpu(),
-                              root=root, device=dev)
+                              root=root, device=dev, standardized=config.pc_basis == "standardized")
     target_fn = make_target(config.target, basis=basis, patch_size=model.config.patch_size,
                             image_shape=tuple(images.shape[1:]), device=dev, method=config.pca_method)
-    pc_masking = make_pc_masking(spec, basis, device=dev) if spec.masks_components else None
+    pc_masking = make_pc_masking(spec, basis, device=dev, count=config.pc_count) if spec.masks_components else None
     if len(train) < config.batch_size:
         raise ValueError(f"{len(train)} training images are fewer than one batch of {config.batch_size}: lower "
                          "batch_size or raise n_train")

@@ -28,7 +28,7 @@ from .models import get_config
 from .pca import BOTTOM_METHODS as PCA_METHODS
 from .probes import FEATURES, KNN_K, KNN_TEMPERATURE
 from .provenance import read_json, runs_dir
-from .targets import parse_target
+from .targets import PC_MASK_BASES, PC_MASK_COUNTS, parse_target
 from .train import ATTENTIONS, AUGMENTATIONS, PRECISIONS
 
 # ================================================================ pretraining
@@ -87,8 +87,11 @@ class PretrainConfig(RunConfig):
     seed: int = 0
     recon_every: int = 0            # save reconstructions every k epochs (0: first and last only)
     probe_every: int = 0            # linear probe on the validation split every k epochs (0: never)
+    pc_basis: str = "centred"       # pc-mask only: centred | standardized (per-pixel standardised PCA, as PMAE)
+    pc_count: str = "nearest"       # pc-mask only: nearest (>= 1 component) | reference (PMAE's code, may be 0)
 
     NOT_IN_NAME = ("compile", "attention", "probe_every")  # do not change what is learned
+    ADDED_LATER = {"pc_basis": "centred", "pc_count": "nearest"}
 
     def __post_init__(self):
         self.check_types()
@@ -108,6 +111,13 @@ class PretrainConfig(RunConfig):
         if self.mask_ratio == 0 and not spec.masks_components:
             raise ValueError(f"mask_ratio 0 hides no patch, so target {self.target!r} would be copied from the input; "
                              "it is only allowed with target pc-mask (which masks components instead)")
+        if self.pc_basis not in PC_MASK_BASES:
+            raise ValueError(f"pc_basis must be one of {PC_MASK_BASES}, got {self.pc_basis!r}")
+        if self.pc_count not in PC_MASK_COUNTS:
+            raise ValueError(f"pc_count must be one of {PC_MASK_COUNTS}, got {self.pc_count!r}")
+        if not spec.masks_components and (self.pc_basis, self.pc_count) != ("centred", "nearest"):
+            raise ValueError(f"pc_basis and pc_count apply to target pc-mask only, got target {self.target!r} with "
+                             f"pc_basis={self.pc_basis!r}, pc_count={self.pc_count!r}")
         if self.recipe not in PRETRAIN_RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(PRETRAIN_RECIPES)}")
         get_config(self.model, mask_ratio=self.mask_ratio)

@@ -31,6 +31,7 @@ TARGET_LABELS = {
     "none": "Without pretraining",
     "norm-pix": "Normalised pixels (official MAE)",
     "pc-mask": "PC masking (PMAE, 10-90% variance)",
+    "pc-mask:0.2": "PC masking (PMAE's best: 20% variance)",
 }
 
 

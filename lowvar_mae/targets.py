@@ -46,6 +46,8 @@ from .provenance import runs_dir
 TARGET_KINDS = ("pixels", "norm-pix", "pca-bottom", "pca-bottom-norm", "pca-top", "fft-low", "fft-high", "pc-mask")
 SHARED_KINDS = ("pca-bottom", "pca-bottom-norm", "pca-top", "fft-low", "fft-high")  # kinds written kind:<number>
 PC_MASK_RANGE = (0.1, 0.9)  # PMAE's "sampling_pc": masked share of variance, uniform per step
+PC_MASK_COUNTS = ("nearest", "reference")  # how many components a share takes (PCMasking)
+PC_MASK_BASES = ("centred", "standardized")  # the PCA PC masking draws from
 NORM_PIX_EPS = 1e-6
 
 
@@ -213,23 +215,35 @@ class PCMasking:
     """PC masking (PMAE): remove a random set of principal components from the input and
     score the prediction on them.
 
-    Per step, one draw for the whole batch as in the reference code: a random permutation
-    of the stored components, and the first k of them in that order, k chosen so that
-    their share of the variance is nearest to s (s fixed, or uniform in
-    :data:`PC_MASK_RANGE`). With U_m the masked components and mu the mean image:
+    Per step, one draw for the whole batch: a random permutation of the stored components,
+    and the first k of them in that order, k set by the share s (fixed, or uniform in
+    :data:`PC_MASK_RANGE`) and the counting rule:
 
-    * input = x - (x - mu) U_m U_m^T (the image with those components removed);
-    * target = (x - mu) U_m (its coordinates on them);
-    * loss = mean over images and masked components of ((y - mu) U_m - target)^2, y the
+    * ``count="nearest"``: the k >= 1 whose cumulative share is nearest to s (this
+      project's first rule, kept for its records);
+    * ``count="reference"``: the reference code's rule, k = argmin_j |cum_j - s| counted
+      from zero, one component fewer, and zero when the first component alone is nearest
+      (that step then masks nothing and its loss is zero).
+
+    With U_m the masked components, mu the mean image and z = (x - mu) / sigma the image
+    in the basis's coordinates (sigma = 1 for the centred basis, the per-pixel standard
+    deviation for the standardised one, :func:`lowvar_mae.pca.fit_standardized`):
+
+    * input = mu + sigma (z - z U_m U_m^T) (the image with those components removed);
+    * target = z U_m (its coordinates on them);
+    * loss = mean over images and masked components of (z(y) U_m - target)^2, y the
       predicted image in [0, 1] (the decoder's output on the input scale, mapped back).
 
-    Where this deviates from the reference code: the PCA is of pixels in [0, 1] centred by
-    the mean image (the same basis as the pca-* targets here), not of per-pixel
-    standardised images; the loss is taken in [0, 1] pixel units.
+    Where this deviates from the reference code, which draws a permutation per image in its
+    data loader: one draw per batch here.
     """
 
-    def __init__(self, basis: pca.PCABasis, share: float | None = None, device: torch.device | str = "cpu"):
-        self.share = share
+    def __init__(self, basis: pca.PCABasis, share: float | None = None, device: torch.device | str = "cpu",
+                 count: str = "nearest"):
+        if count not in PC_MASK_COUNTS:
+            raise ValueError(f"count must be one of {PC_MASK_COUNTS}, got {count!r}")
+        self.share, self.count = share, count
+        self.scale = None if basis.scale is None else basis.scale.to(device=device, dtype=torch.float32)
         self.mean = basis.mean.to(device=device, dtype=torch.float32)
         self.components = basis.components.to(device=device, dtype=torch.float32)
         ratio = basis.eigenvalues[: basis.n_stored].double()
@@ -247,32 +261,43 @@ class PCMasking:
             share = self.share
         order = torch.randperm(len(self.ratio), generator=generator, device=device)
         cum = self.ratio[order].cumsum(0)
-        k = int(torch.argmin((cum - share).abs())) + 1  # at least one component
-        return order[:k], float(cum[k - 1])
+        nearest = int(torch.argmin((cum - share).abs()))
+        k = nearest + 1 if self.count == "nearest" else nearest
+        return order[:k], float(cum[k - 1]) if k else 0.0
+
+    def _coordinates(self, flat: Tensor) -> Tensor:
+        z = flat - self.mean
+        return z if self.scale is None else z / self.scale
 
     def split(self, x01: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """(input images in [0, 1] with the components ``idx`` removed, (N, k) coordinates on them)."""
         n = x01.shape[0]
         flat = x01.float().reshape(n, -1)
         u = self.components[:, idx]
-        coords = (flat - self.mean) @ u
-        return (flat - coords @ u.T).reshape(x01.shape), coords
+        coords = self._coordinates(flat) @ u
+        removed = coords @ u.T
+        if self.scale is not None:
+            removed = removed * self.scale
+        return (flat - removed).reshape(x01.shape), coords
 
     def loss(self, pred01: Tensor, coords: Tensor, idx: Tensor) -> Tensor:
-        """Mean squared error of the predicted images' (N, C, H, W) coordinates on ``idx``."""
-        pred = (pred01.float().reshape(pred01.shape[0], -1) - self.mean) @ self.components[:, idx]
+        """Mean squared error of the predicted images' (N, C, H, W) coordinates on ``idx``
+        (zero, still attached to the prediction, when no component is masked)."""
+        pred = self._coordinates(pred01.float().reshape(pred01.shape[0], -1)) @ self.components[:, idx]
+        if pred.numel() == 0:
+            return pred01.float().sum() * 0.0
         return (pred - coords).square().mean()
 
 
 def make_pc_masking(spec: str | TargetSpec, basis: pca.PCABasis | None, *, image_shape=None,
-                    device: torch.device | str = "cpu") -> PCMasking:
+                    device: torch.device | str = "cpu", count: str = "nearest") -> PCMasking:
     spec = parse_target(spec) if isinstance(spec, str) else spec
     if spec.kind != "pc-mask":
         raise ValueError(f"target '{spec}' is not a PC-masking target")
     if basis is None:
         raise ValueError(f"target '{spec}' needs a fitted PCA basis of the training images; none was given")
     _check_basis_shape(spec, basis, image_shape)
-    return PCMasking(basis, spec.share, device=device)
+    return PCMasking(basis, spec.share, device=device, count=count)
 
 
 def _check_basis_shape(spec, basis: pca.PCABasis, image_shape) -> None:
@@ -330,17 +355,19 @@ def images_digest(images: Tensor) -> str:
     return h.hexdigest()
 
 
-def basis_path(dataset: str, source: str, root: str | os.PathLike | None = None) -> Path:
+def basis_path(dataset: str, source: str, root: str | os.PathLike | None = None, standardized: bool = False) -> Path:
     """Where the cached PCA basis of a dataset's training images lives (under the runs
     folder), keyed by the images' digest: another data root, subset or copy gets its own."""
-    return runs_dir(root) / "pca" / f"{dataset}-train-{source[:12]}.safetensors"
+    return runs_dir(root) / "pca" / f"{dataset}-train-{source[:12]}{'-std' if standardized else ''}.safetensors"
 
 
 def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.PathLike | None = None,
-                  device: torch.device | str = "cpu", refit: bool = False) -> pca.PCABasis:
+                  device: torch.device | str = "cpu", refit: bool = False, standardized: bool = False) -> pca.PCABasis:
     """The PCA basis of ``dataset``'s training split: loaded from the cache, or fitted and cached.
 
     images: the training images (N, C, H, W) uint8 to fit on; loaded when not given.
+    standardized: the PCA of per-pixel standardised images (PC masking's option,
+    :func:`lowvar_mae.pca.fit_standardized`) instead of pixels centred by the mean image.
     The fit always uses the training split only. The cache is keyed by the digest of the
     images; a cached file whose recorded source is not that digest is refused.
     """
@@ -349,19 +376,20 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
 
         images = load_dataset(dataset, "train").to_tensor()
     source = images_digest(images)
-    path = basis_path(dataset, source, root=root)
+    path = basis_path(dataset, source, root=root, standardized=standardized)
     if path.is_file() and not refit:
         try:
             basis = basis_io.load_basis(path, device=device)
         except basis_io.BasisWithoutDigest:  # a cache from before digests: fit it again (the fit is deterministic)
-            return dataset_basis(dataset, images=images, root=root, device=device, refit=True)
+            return dataset_basis(dataset, images=images, root=root, device=device, refit=True,
+                                 standardized=standardized)
         if basis.source != source or basis.dataset != dataset or basis.split != "train":
             raise ValueError(f"{path} was fitted on other images ({basis.dataset}/{basis.split}, source "
                              f"{basis.source[:12] or 'unknown'}) than {dataset}'s training split here "
                              f"(source {source[:12]}); delete it to fit again")
         return basis
-    basis = pca.fit_pca(images.to(device), dataset=dataset, split="train")
-    basis = dataclasses.replace(basis, source=source)
+    fit = pca.fit_standardized if standardized else pca.fit_pca
+    basis = dataclasses.replace(fit(images.to(device), dataset=dataset, split="train"), source=source)
     basis_io.save_basis(basis, path)
     return basis
 
@@ -369,7 +397,7 @@ def dataset_basis(dataset: str, *, images: Tensor | None = None, root: str | os.
 def basis_provenance(basis: pca.PCABasis) -> dict:
     """What a run records about the basis its target used."""
     return {"dataset": basis.dataset, "split": basis.split, "n_samples": basis.n_samples, "method": basis.method,
-            "source": basis.source, "n_stored": basis.n_stored}
+            "source": basis.source, "n_stored": basis.n_stored, "standardized": basis.scale is not None}
 
 def kept_variance(spec: str | TargetSpec, images: Tensor | None = None,
                   basis: pca.PCABasis | None = None) -> dict:

@@ -109,7 +109,7 @@ if have:
     wide.index = [target_label(t) for t in wide.index]
     wide.index.name = "target"
     wide.columns = [report.PROBE_LABELS[m] for m in wide.columns]
-    display(wide.fillna(""))
+    display(wide.fillna("").reset_index().style.hide(axis="index"))  # one header row
     fig = report.plot_summary(table, chance=chance,
                               title=f"test accuracy, mean and std over seeds, recipe {recipe}\n{source_line(records)}")
 else:
@@ -178,13 +178,33 @@ if claims is not None:
 # * One model and schedule for all: a 6-block ViT on 4x4 patches, 6 epochs. The papers'
 #   gains were measured after hundreds of epochs (PMAE: ViT-Tiny on 8x8 CIFAR patches;
 #   PixMIM: ViT-B on ImageNet), and a target that helps late can lose early.
-# * PC masking follows the reference code's "sampling_pc" setting: one draw per step of a
-#   random set of components holding 10% to 90% of the variance, no patch masking, and
-#   the loss on the masked components' coordinates. The PCA here is of pixels in [0, 1]
-#   (the basis the PCA targets use), not of per-pixel standardised images, and the
-#   encoder sees all 64 patches, so its pretraining costs about twice a patch-masking run.
 # * The Fourier targets filter each colour channel of the normalised image with a sharp
 #   circular mask, the simplest form of PixMIM's low-pass target.
+#
+# PC masking runs in two variants. **PC masking (PMAE's best: 20% variance)**
+# (`pc-mask:0.2`) is the paper's best CIFAR-10 setting as its code (alicebizeul/pmae) runs
+# it: each step masks a random set of components holding 20% of the variance of the
+# PCA of per-pixel standardised images, counted by the code's rule (the components before
+# the one whose cumulative share is nearest 20%, possibly none), no patch masking, the loss
+# on the masked components' coordinates. Its paper reports, for ViT-Tiny on CIFAR-10 after
+# 800 epochs, a linear probe of 59.0% and fine-tuning of 84.8%. **PC masking (PMAE,
+# 10-90% variance)** (`pc-mask`) is its weaker "sampling_pc" variant (a share drawn in
+# 10-90% per step; linear probe 44.0% in the paper), run here first with the PCA of pixels
+# centred by the mean image and at least one component per step; its records keep that
+# name. Each evaluation record names the basis and counting rule its encoder was trained
+# with (`pretrain_settings`). What still differs from the paper:
+#
+# | | PMAE, CIFAR-10 | here (`cpu` protocol) |
+# |---|---|---|
+# | model | ViT-Tiny: 12 blocks, width 192, 3 heads | `cpu-cifar`: 6 blocks, width 192, 3 heads |
+# | patches | 8x8 (16 per image) | 4x4 (64 per image) |
+# | pretraining | 800 epochs, batch 512, base lr 1.5e-4, 40 warm-up | 6 epochs, batch 256, base lr 1e-3, 1 warm-up |
+# | augmentation | random resized crop (0.2-1) and flip | flip (crop available: `augment="crop-flip"`) |
+# | masked components | a new draw for every image | one draw per batch |
+# | linear probe | SGD, 100 epochs, on augmented images | SGD, 100 epochs, on cached features of unaugmented images |
+#
+# Either variant's encoder sees all 64 patches, so its pretraining costs about twice a
+# patch-masking run.
 #
 # ## What is still missing
 

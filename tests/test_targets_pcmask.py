@@ -119,3 +119,111 @@ def test_a_tiny_pc_masking_run_trains_and_reconstructs(tmp_path, monkeypatch):
     assert rec["mask"].sum() == 0  # every patch visible
     # the input shown is the image with components removed, so it differs from the target image
     assert (rec["input"] - rec["target"]).abs().max() > 1e-3
+
+
+# ------------------------------------------------------- PMAE's setting: standardised PCA, its count
+
+
+def test_the_standardised_pca_is_numpy_s_pca_of_the_correlation_matrix():
+    """A hand-sized case (60 images of 2x3x3 pixels) against numpy: eigenvalues of the
+    correlation matrix, components up to sign, and the per-pixel standard deviations."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (60, 2, 3, 3), dtype=np.uint8)
+    basis = pca.fit_standardized(torch.from_numpy(images), dataset="toy")
+    x = images.reshape(60, -1).astype(np.float64) / 255
+    sd = x.std(0, ddof=1)
+    z = (x - x.mean(0)) / sd
+    evals, evecs = np.linalg.eigh(z.T @ z / 59)
+    np.testing.assert_allclose(basis.eigenvalues.numpy(), evals[::-1], atol=1e-10)
+    np.testing.assert_allclose(basis.scale.numpy(), sd, rtol=1e-10)
+    np.testing.assert_allclose(basis.mean.numpy(), x.mean(0), atol=1e-12)
+    overlap = np.abs(basis.components.numpy().T @ evecs[:, ::-1])
+    np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-8)  # same directions, signs aside
+    assert basis.eigenvalues.sum().item() == pytest.approx(18.0)  # a correlation matrix's trace: D
+    with pytest.raises(ValueError, match="this basis is a PCA of standardised pixels"):
+        pca.make_filter(basis, "bottom", 0.25)
+    flat = np.zeros((5, 1, 2, 2), np.uint8)
+    flat[:, 0, 0, 0] = [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="3 pixels never vary in these images"):
+        pca.fit_standardized(torch.from_numpy(flat))
+
+
+def test_a_standardised_basis_is_saved_and_read_back_with_its_scale(tmp_path):
+    from lowvar_mae import basis_io
+
+    rng = np.random.default_rng(5)
+    basis = pca.fit_standardized(torch.from_numpy(rng.integers(0, 256, (40, 3, 4, 4), dtype=np.uint8)), dataset="toy")
+    back = basis_io.load_basis(basis_io.save_basis(basis, tmp_path / "std.safetensors"))
+    assert back.scale is not None and torch.equal(back.scale, basis.scale) and back.method == "standardized"
+    plain = pca.fit_pca(torch.from_numpy(rng.integers(0, 256, (40, 3, 4, 4), dtype=np.uint8)))
+    assert basis_io.load_basis(basis_io.save_basis(plain, tmp_path / "plain.safetensors")).scale is None
+
+
+def test_masking_in_a_standardised_basis_removes_the_components_of_the_standardised_image(toy):
+    x, _ = toy
+    basis = pca.fit_standardized(x.double(), dataset="toy")
+    pm = make_pc_masking("pc-mask:0.3", basis)
+    idx, _ = pm.draw(torch.Generator().manual_seed(2))
+    x_in, coords = pm.split(x[:6], idx)
+    mean, sd, u = basis.mean.float(), basis.scale.float(), basis.components[:, idx].float()
+    z = (x[:6].reshape(6, -1) - mean) / sd
+    torch.testing.assert_close(coords, z @ u, atol=1e-4, rtol=1e-4)
+    z_in = (x_in.reshape(6, -1) - mean) / sd
+    assert (z_in @ u).abs().max() < 1e-3                        # nothing left on the masked components
+    torch.testing.assert_close(z_in + coords @ u.T, z, atol=1e-3, rtol=1e-3)  # and nothing else touched
+    assert pm.loss(x[:6], coords, idx).item() < 1e-8            # the image itself scores zero
+
+
+def test_the_reference_count_takes_one_component_fewer_and_may_take_none():
+    """PMAE's code takes index[:argmin |cumsum - s|]: one fewer than the nearest count, zero
+    when the first component alone is nearest; a step that masks nothing has zero loss."""
+    mean = torch.zeros(4, dtype=torch.float64)
+    basis = pca.PCABasis(mean=mean, eigenvalues=torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64),
+                         components=torch.eye(4, dtype=torch.float64), image_shape=(1, 2, 2), n_samples=10,
+                         method="covariance")
+    for seed in range(20):
+        nearest, _ = make_pc_masking("pc-mask:0.45", basis).draw(torch.Generator().manual_seed(seed))
+        reference, _ = make_pc_masking("pc-mask:0.45", basis, count="reference").draw(
+            torch.Generator().manual_seed(seed))
+        assert torch.equal(reference, nearest[:-1])
+    tiny = make_pc_masking("pc-mask:0.05", basis, count="reference")  # every first component alone is nearest
+    idx, share = tiny.draw(torch.Generator().manual_seed(0))
+    assert len(idx) == 0 and share == 0.0
+    images = torch.rand(3, 1, 2, 2, requires_grad=True)
+    x_in, coords = tiny.split(images.detach(), idx)
+    assert torch.equal(x_in, images.detach()) and coords.shape == (3, 0)
+    loss = tiny.loss(images, coords, idx)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(images.grad, torch.zeros_like(images))
+    with pytest.raises(ValueError, match="count must be one of"):
+        make_pc_masking("pc-mask:0.2", basis, count="paper")
+
+
+def test_the_grid_runs_a_fixed_share_as_pmae_and_old_run_names_stay():
+    from lowvar_mae import grid
+
+    cell = grid.Cell("cifar10", "pc-mask:0.2", 0, "linprobe", "cpu")
+    config = grid.pretrain_config(cell)
+    assert (config.pc_basis, config.pc_count, config.mask_ratio) == ("standardized", "reference", 0.0)
+    assert grid.pretrain_config(grid.Cell("cifar10", "pc-mask", 0, "linprobe", "cpu")).pc_basis == "centred"
+    # The settings added later leave the names of runs made before them as they were.
+    random_share = make_config("cpu", "cifar10", "pc-mask", seed=0)
+    assert random_share.run_name == make_config("cpu", "cifar10", "pc-mask", seed=0, pc_basis="centred",
+                                                pc_count="nearest").run_name
+    assert random_share.run_name != make_config("cpu", "cifar10", "pc-mask", seed=0, pc_count="reference").run_name
+    with pytest.raises(ValueError, match="apply to target pc-mask only"):
+        make_config("cpu", "cifar10", "pixels", pc_basis="standardized")
+    with pytest.raises(ValueError, match="pc_basis must be one of"):
+        make_config("cpu", "cifar10", "pc-mask:0.2", pc_basis="whitened")
+
+
+def test_the_committed_pc_masking_records_name_the_runs_today_s_configs_name():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "results" / "eval"
+    records = [json.loads(p.read_text()) for p in sorted(root.glob("cifar10-pc-mask-cpu-*.json"))]
+    if not records:
+        pytest.skip("no committed pc-mask records")
+    for rec in records:
+        assert rec["pretrain_run"] == make_config("cpu", "cifar10", "pc-mask", seed=rec["seed"]).run_name
