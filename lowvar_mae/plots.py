@@ -63,7 +63,7 @@ def image_grid(rows: Mapping[str, Tensor], stretch: Sequence[str] = (), scale: f
             if c == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
             if titles is not None and r == 0 and c < len(titles):
-                ax.set_title(titles[c], fontsize=8)
+                ax.set_title(titles[c], fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -87,7 +87,7 @@ def plot_spectrum(basis, marks: Sequence[float] = (0.75, 0.9)):
         n = basis.n_components(p, "top")
         b.axhline(p, color="grey", lw=0.8, ls="--")
         b.axvline(n, color="grey", lw=0.8, ls=":")
-        b.annotate(f"{p:.0%}: {n} comp.", (n, p), textcoords="offset points", xytext=(6, -12), fontsize=8)
+        b.annotate(f"{p:.0%}: {n} comp.", (n, p), textcoords="offset points", xytext=(6, -12), fontsize=9)
     b.set_xlabel("number of top components")
     b.set_ylabel("cumulative share")
     b.set_ylim(0, 1.02)
@@ -184,7 +184,7 @@ def plot_curves(frames: Mapping[str, "object"], y: str = "loss", x: str = "epoch
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -273,7 +273,7 @@ def plot_learning_order(frames: dict, ax_width: float = 4.2):
     axes[0][0].set_ylabel("squared error / data variance in band")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, title="band (from the top)", fontsize=7, title_fontsize=8,
+        fig.legend(handles, labels, title="band (from the top)", fontsize=9, title_fontsize=9,
                    loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig

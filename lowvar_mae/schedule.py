@@ -223,9 +223,9 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
         ax.set_xlabel("pretraining epochs (log)", fontsize=9)
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=9, loc="best")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
     return fig
 

@@ -155,30 +155,9 @@ if have:
                      "other work for a few minutes, so these are upper bounds):"))
     display(pd.DataFrame(rows).style.hide(axis="index"))
 
-# %% tags=["remove-input"]
-bench = [r for r in load_records("bench").to_dict("records") if r.get("kind") == "pretrain_throughput"
-         and any(row.get("preset") == model_name for row in r.get("rows") or [])] if have else []
-if bench:
-    rec = max(bench, key=lambda r: r["time_utc"])
-    fast = max((row for row in rec["rows"] if row["preset"] == model_name and row["path"] == "fast"),
-               key=lambda row: row["batch"])
-    peak = rec["peak"][fast["precision"]]["measured_flops"]
-    achieved = fast["flops_per_step"] / (fast["ms_per_step"] / 1e3)
-    text = (f"**The step.** The benchmark `bench/pretrain_throughput.py` ({rec['device_name']}, {rec['time_utc'][:10]}) "
-            f"times the `{model_name}` pretraining step at batch {fast['batch']}: {fast['img_per_s']:.0f} images/s in "
-            f"{fast['precision']}, {fast['flops_per_step'] / fast['batch'] / 1e9:.2f} GFLOP per image (forward and "
-            f"backward), so {achieved / 1e9:.0f} GFLOP/s, {achieved / peak:.0%} of a 2048 x 2048 {fast['precision']} "
-            f"matmul on the same machine in the same run ({peak / 1e9:.0f} GFLOP/s).")
-    prof = rec.get("profile") or {}
-    if prof.get("preset") == model_name:
-        ops = prof["fast"]["top_ops"]
-        matmul = sum(o["share"] for o in ops if o["name"] in ("aten::mm", "aten::addmm", "aten::bmm"))
-        named = ", ".join(f"{o['name'].replace('aten::', '')} {o['share']:.0%}" for o in ops[:6])
-        text += (f" In its profile, matrix products take {matmul:.0%} of the step's CPU time; the largest "
-                 f"operations are {named}: elementwise work (activations, dtype conversions, additions) "
-                 "costs nearly as much as the products at this width, which is why a smaller model is "
-                 "not proportionally faster.")
-    display(Markdown(text))
+# %% [markdown]
+# What one pretraining step costs on the recorded machines, and where its time goes, is in
+# the [performance chapter](07_performance.ipynb).
 
 # %% [markdown]
 # ## Calibration: does pretraining matter at this budget?
@@ -277,7 +256,7 @@ if have:
             ref = table[table["metric"] == metric].set_index("label")["original"].reindex(wide.index)
             shown[f"{report.PROBE_LABELS[metric]}, presentation"] = [f"{v:.3f}" if v == v else "" for v in ref]
     shown.index.name = "target"
-    display(shown.fillna(""))
+    display(shown.fillna("").reset_index().style.hide(axis="index"))  # one header row
     setup = table[["label", "metric", "pretrain_epochs", "n_train", "n_test", "seeds", "features"]]
     display(Markdown(f"**Setup of each row** (model {', '.join(sorted(set(table['model'])))}; probe training and "
                      "test images; the features each run's validation split chose):"))

@@ -84,7 +84,7 @@ if real_frames:
            + "; ".join(sorted(set(r["device_name"].dropna()))))
     fig = plot_learning_order(real_frames)
     display(reproduce("python -m lowvar_mae learning-order", "learning_order"))
-    fig.suptitle(src, fontsize=8, y=1.02)
+    fig.suptitle(src, fontsize=9, y=1.02)
 else:
     print(f"No learning-order records of {real_dataset} yet: python -m lowvar_mae learning-order makes them.")
 

@@ -31,6 +31,8 @@ from IPython.display import Markdown, display
 
 from lowvar_mae import report
 from lowvar_mae.plots import takeaway
+from lowvar_mae.recipes import MODEL_PRESETS
+from lowvar_mae.results import load_records
 
 records = report.bench_records([bench_dir] if bench_dir else None)
 steps = report.throughput_summary(records)
@@ -43,10 +45,13 @@ fits = report.pca_summary(records)
 if steps.empty:
     display(Markdown("No pretraining-throughput record yet: run `python bench/pretrain_throughput.py`."))
 else:
-    shown = steps.drop(columns="file").copy()
-    shown["400-epoch recipe, h"] = [f"{h:.0f}" if h == h and h is not None else "" for h in shown["400-epoch recipe, h"]]
+    shown = steps.copy()
+    shown["400-epoch recipe, h"] = [f"{h:.0f}" if h == h and h is not None else None for h in shown["400-epoch recipe, h"]]
+    shown, machine_line = report.bench_table(shown)
     display(shown.style.hide(axis="index").format({"baseline img/s": "{:.0f}", "fast img/s": "{:.0f}",
                                                    "fast / baseline": "{:.2f}"}))
+    display(Markdown(machine_line + " The 400-epoch estimate is made for the presentation's ViT-Tiny only (a dash "
+                     "elsewhere)."))
     fig = report.plot_throughput(steps, title="pretraining step, latest full record per machine and model "
                                  "(fast path against baseline, same batch)")
 
@@ -71,19 +76,53 @@ if not steps.empty:
         "is for a GPU."))
 
 # %% [markdown]
+# ### The evaluation protocol's step
+#
+# The [evaluation chapter](03_evaluation.ipynb)'s CPU protocol pretrains the `cpu-cifar`
+# ViT; its step against the machine's own matrix-product rate, and its profile:
+
+# %% tags=["remove-input"]
+model_name = MODEL_PRESETS[("cpu", 32)]
+bench = [r for r in load_records("bench").to_dict("records") if r.get("kind") == "pretrain_throughput"
+         and any(row.get("preset") == model_name for row in r.get("rows") or [])]
+if bench:
+    rec = max(bench, key=lambda r: r["time_utc"])
+    fast = max((row for row in rec["rows"] if row["preset"] == model_name and row["path"] == "fast"),
+               key=lambda row: row["batch"])
+    peak = rec["peak"][fast["precision"]]["measured_flops"]
+    achieved = fast["flops_per_step"] / (fast["ms_per_step"] / 1e3)
+    text = (f"**The step.** The benchmark `bench/pretrain_throughput.py` ({rec['device_name']}, {rec['time_utc'][:10]}) "
+            f"times the `{model_name}` pretraining step at batch {fast['batch']}: {fast['img_per_s']:.0f} images/s in "
+            f"{fast['precision']}, {fast['flops_per_step'] / fast['batch'] / 1e9:.2f} GFLOP per image (forward and "
+            f"backward), so {achieved / 1e9:.0f} GFLOP/s, {achieved / peak:.0%} of a 2048 x 2048 {fast['precision']} "
+            f"matmul on the same machine in the same run ({peak / 1e9:.0f} GFLOP/s).")
+    prof = rec.get("profile") or {}
+    if prof.get("preset") == model_name:
+        ops = prof["fast"]["top_ops"]
+        matmul = sum(o["share"] for o in ops if o["name"] in ("aten::mm", "aten::addmm", "aten::bmm"))
+        named = ", ".join(f"{o['name'].replace('aten::', '')} {o['share']:.0%}" for o in ops[:6])
+        text += (f" In its profile, matrix products take {matmul:.0%} of the step's CPU time; the largest "
+                 f"operations are {named}: elementwise work (activations, dtype conversions, additions) "
+                 "costs nearly as much as the products at this width, which is why a smaller model is "
+                 "not proportionally faster.")
+    display(Markdown(text))
+
+# %% [markdown]
 # ## The PCA fit
 
 # %% tags=["remove-input"]
 if fits.empty:
     display(Markdown("No PCA benchmark record yet: run `python bench/pca_bench.py`."))
 else:
-    display(fits.drop(columns="file").style.hide(axis="index").format({"exact / top-k": "{:.1f}"}))
+    fit_table, machine_line = report.bench_table(fits)
+    display(fit_table.style.hide(axis="index").format({"exact / top-k": "{:.1f}"}))
+    display(Markdown(machine_line))
     best = fits.loc[fits["exact / top-k"].idxmax()]
     display(Markdown(
         f"Fitting only the top components that the bottom filter removes is faster than the exact "
         f"eigendecomposition on every case measured, up to {best['exact / top-k']:.1f} times ({best['case']}, "
-        f"{best['images']:,} images of {best['D']:,} pixels, {best['machine']}); rows marked `quick` come from "
-        "a shortened run."))
+        f"{best['images']:,} images of {best['D']:,} pixels, {best['machine']})."
+        + (" Rows marked *shortened* come from a shortened run." if "run" in fit_table else "")))
 
 # %% tags=["remove-input"]
 points = ["Every time on this page names the machine it was measured on; compare the ratios of one run, "

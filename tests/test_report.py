@@ -204,3 +204,19 @@ def test_a_torn_record_is_skipped_with_a_warning_naming_it(tmp_path):
     assert len(records) == 1 and records.iloc[0]["value"] == 0.5
     said = " ".join(str(w.message) for w in caught)
     assert "torn.json" in said and "list.json" in said and "repair or delete it" in said
+
+
+def test_a_bench_table_names_its_machine_once_and_says_shortened_runs_in_words():
+    import pandas as pd
+
+    from lowvar_mae.report import bench_table
+
+    one = pd.DataFrame({"machine": ["CPU A", "CPU A"], "preset": ["x", "y"], "h": ["88", None],
+                        "quick": [False, False], "file": ["a.json", "b.json"]})
+    table, line = bench_table(one)
+    assert list(table.columns) == ["preset", "h"] and line == "Machine: CPU A."
+    assert list(table["h"]) == ["88", "–"]
+    two = one.assign(machine=["CPU A", "CPU B"], quick=[False, True])
+    table, line = bench_table(two)
+    assert list(table["machine"]) == ["CPU A", "CPU B"] and list(table["run"]) == ["full", "shortened"]
+    assert line == "Machines: CPU A; CPU B."
