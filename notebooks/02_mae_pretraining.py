@@ -202,7 +202,9 @@ if shown:
 # reconstructions, and `summary.json`. Running the same configuration again loads it.
 
 # %%
-sorted(p.name for p in run.run_dir.iterdir())
+pd.DataFrame([{"file": p.name + ("/" if p.is_dir() else ""),
+               "size": f"{sum(f.stat().st_size for f in p.rglob('*')) if p.is_dir() else p.stat().st_size:,} bytes"}
+              for p in sorted(run.run_dir.iterdir())]).style.hide(axis="index")
 
 # %% tags=["remove-input"]
 read = {name: (a, b) for name, (a, b) in first_last.items()}
