@@ -98,15 +98,18 @@ def device_info(device: str | None = None) -> dict[str, object]:
     """Name of the device a computation ran on, and the CPU's vector capability."""
     import torch
 
-    from .hardware import cpu_has_fast_bf16
+    from .hardware import cpu_has_amx, cpu_has_fast_bf16, cpu_model
 
     info = {"device": str(device or "cpu"), "cpu": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpu_amx": cpu_has_amx(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_fast_bf16(),
             "threads": str(torch.get_num_threads())}
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     else:
-        bf16 = ", native bf16" if info["cpu_native_bf16"] else ""
+        # AMX machines are named apart: their bf16 step runs about twice as fast as AVX512-BF16 ones.
+        native = info["cpu_native_bf16"]
+        bf16 = (", AMX" if info["cpu_amx"] and native else "") + (", native bf16" if native else "")
         forced = os.environ.get("ATEN_CPU_CAPABILITY")
         limited = f", kernels limited by ATEN_CPU_CAPABILITY={forced}" if forced else ""
         info["device_name"] = f"CPU ({info['cpu_capability']}{bf16}, {os.cpu_count()} cores{limited})"

@@ -207,11 +207,23 @@ pd.DataFrame([{"file": p.name + ("/" if p.is_dir() else ""),
               for p in sorted(run.run_dir.iterdir())]).style.hide(axis="index")
 
 # %% tags=["remove-input"]
-read = {name: (a, b) for name, (a, b) in first_last.items()}
+where = "the embedded synthetic set" if dataset == "synthetic" else dataset
+
+
+def named(target):
+    label = target_label(target)
+    return label[0].lower() + label[1:]
+
+
 points = ["The encoder always sees the original image with three quarters of its patches hidden; only the image "
           "it must reconstruct changes."]
-points += [f"On this page's run ({data_label(dataset)}), the {name} target's masked-patch error went from {a:.2f} to "
-           f"{b:.2f} of its variance: {_reading(b)}." for name, (a, b) in read.items()]
+points += [f"In this page's teaching run on {where}, the {named(name)} target's masked-patch error went from "
+           f"{a:.2f} to {b:.2f} of its variance: {_reading(b)}." for name, (a, b) in first_last.items()]
+for t in real_targets:
+    longest = pre[pre["target"] == t].sort_values("pretrain_epochs").iloc[-1]
+    errs = {int(k): v for k, v in longest["reconstructions"]["relative_error"].items()}
+    points.append(f"In the recorded {real_dataset} run ({longest['pretrain_epochs']} epochs), the {named(t)} "
+                  f"target's error went from {errs[min(errs)]:.2f} to {errs[max(errs)]:.2f}: {_reading(errs[max(errs)])}.")
 points.append("A low-variance target has a small loss in absolute terms; compare errors relative to the target's "
               "variance, as here, and judge the encoder by probing it ([evaluation](03_evaluation.ipynb)).")
 display(takeaway(points))

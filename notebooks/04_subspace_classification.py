@@ -317,6 +317,8 @@ fig = plot_subspace_accuracy(frame, title=data_label(dataset))
 table = frame.pivot_table(index=["side", "share", "n_components", "kept_share_test"], columns="classifier",
                           values="test_accuracy", sort=False).reset_index()
 table.columns.name = None
+table = table.sort_values(["side", "share"], key=lambda c: c.map({"full": 0, "top": 1, "bottom": 2}) if c.name == "side"
+                          else c, kind="stable")
 table = table.rename(columns={"side": "subspace", "share": "share asked", "n_components": "components",
                               "kept_share_test": "variance kept (test)", "linear": "linear: test accuracy",
                               "convnet": "conv net: test accuracy"})
