@@ -190,9 +190,15 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
     import matplotlib.pyplot as plt
 
     metrics = [m for m in PROBE_LABELS if m in set(table["metric"])]
-    # about 9 inches across in all, so that the page does not shrink its text below ~8 pt
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(3.0 * (len(metrics) + 1), 3.6), squeeze=False)
-    axes = axes[0]
+    # Two rows, 8 inches across: the probes above; the difference and the legend of the
+    # probe panels below, so that no legend sits on the data and the page draws 9-pt text
+    # at about its size.
+    cols = max(2, len(metrics))
+    fig, grid_axes = plt.subplots(2, cols, figsize=(8.0, 6.6), squeeze=False)
+    axes = list(grid_axes[0][:len(metrics)]) + [grid_axes[1][0]]
+    legend_ax = grid_axes[1][1]
+    for spare in list(grid_axes[0][len(metrics):]) + list(grid_axes[1][2:]):
+        spare.axis("off")
     ticks = sorted(set(table["epochs"])) if len(table) else []
     for ax, metric in zip(axes, metrics):
         sub = table[table["metric"] == metric]
@@ -202,7 +208,7 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
                         color=f"C{i}", label=target_label(target))
         for j, (label, value) in enumerate((lines or {}).get(metric, {}).items()):
             ax.axhline(value, color="grey", lw=1, ls=["--", ":"][j % 2], label=label)
-        ax.set_title(PROBE_LABELS[metric], fontsize=9)
+        ax.set_title(PROBE_LABELS[metric], fontsize=10)
         ax.set_ylabel("test accuracy", fontsize=9)
     ax = axes[-1]
     for i, metric in enumerate(m for m in metrics if m in set(diffs["metric"])):
@@ -213,7 +219,7 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
         ax.errorbar(x, rows["mean"] * 100, yerr=[low * 100, high * 100], marker="o", capsize=3, ls="-",
                     color=f"C{i + 2}", label=PROBE_LABELS[metric])
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_title("bottom 25% minus pixels,\nsame seed (95% t interval)", fontsize=9)
+    ax.set_title("bottom 25% minus pixels,\nsame seed (95% t interval)", fontsize=10)
     ax.set_ylabel("difference (points)", fontsize=9)
     for ax in axes:
         ax.set_xscale("log")
@@ -223,7 +229,15 @@ def plot_study(table, diffs, lines: dict[str, float] | None = None, title: str =
         ax.set_xlabel("pretraining epochs (log)", fontsize=9)
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9, loc="best")
+    axes[-1].legend(fontsize=9, loc="best")
+    seen = {}
+    for ax in axes[:-1]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    legend_ax.axis("off")
+    if seen:
+        legend_ax.legend(list(seen.values()), list(seen), fontsize=9, loc="center", title="in the panels above",
+                         title_fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()

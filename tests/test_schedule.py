@@ -138,9 +138,15 @@ def test_plot_study_draws_every_probe_and_the_difference():
     records = schedule.study_records(_study_frame(), "cifar10", "cpu")
     fig = schedule.plot_study(schedule.accuracy_by_length(records), schedule.differences_by_length(records),
                               lines={"linprobe": {"random encoder": 0.45}}, title="test")
-    assert len(fig.axes) == 3
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in drawn] == ["linear probe", "kNN (k=20)",
+                                               "bottom 25% minus pixels,\nsame seed (95% t interval)"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["6", "12", "24"]
     assert fig.axes[0].get_xscale() == "log"
+    # The probe panels' legend stands in an empty panel of its own, off the data.
+    legends = [ax.get_legend() for ax in fig.axes if not ax.axison and ax.get_legend() is not None]
+    assert len(legends) == 1 and "random encoder" in [t.get_text() for t in legends[0].get_texts()]
+    assert all(ax.get_legend() is None for ax in drawn[:-1])
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -152,7 +158,7 @@ def test_grid_records_the_learning_order_of_every_encoder_it_pretrains(dirs):
     cells = grid.plan(["synthetic"], ["pixels"], [0], ["knn"], "cpu", pretrain_overrides=tiny,
                       eval_overrides=dict(n_test=40))
     written = grid.run_grid(cells, allow_dirty=True, log=lambda *_: None)
-    assert sorted(p.parent.name for p in written) == ["eval", "learning_order"]
+    assert sorted(p.parent.name for p in written) == ["eval", "learning_order", "pretraining"]
     order = load_records("learning_order", results).iloc[0]
     assert order["run_name"] == grid.pretrain_config(cells[0]).run_name and order["pretrain_epochs"] == 2
     assert [line["epoch"] for line in order["epochs"]] == [1, 2]
