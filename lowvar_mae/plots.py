@@ -247,7 +247,7 @@ def plot_subspace_accuracy(frame, classifier: str | None = None, ax=None, title:
     return ax.figure
 
 
-def plot_learning_order(frames: dict, ax_width: float = 4.2):
+def plot_learning_order(frames: dict, ax_width: float = 3.2):
     """One panel per target: each band's relative error against epoch, top band darkest.
 
     frames: target name -> long DataFrame of :func:`band_metrics`.

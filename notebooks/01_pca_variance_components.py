@@ -40,7 +40,7 @@ from lowvar_mae import basis_io, pca
 from lowvar_mae.data import load_dataset
 from IPython.display import Markdown, display
 
-from lowvar_mae.plots import dataset_note, glue, image_grid, plot_spectrum, reproduce, show_eigenimages
+from lowvar_mae.plots import data_label, dataset_note, glue, image_grid, plot_spectrum, reproduce, show_eigenimages
 from lowvar_mae.results import unpack_array
 
 # %% tags=["remove-input"]
@@ -80,6 +80,7 @@ glue("top_share_pct", 100 * top_share)
 
 # %%
 fig = plot_spectrum(basis, marks=(0.75, 0.9))
+fig.suptitle(data_label(dataset), fontsize=10, y=1.03);
 
 # %% [markdown]
 # ## How many components make up a share of the variance
@@ -107,6 +108,7 @@ counts.style.hide(axis="index").format({"share": "{:.0%}"})
 
 # %%
 fig = show_eigenimages(basis, n_eigenimages)
+fig.suptitle(data_label(dataset), fontsize=10, y=1.03);
 
 # %% [markdown]
 # ## Top and bottom images
@@ -172,14 +174,18 @@ else:
                      f"{basis.n_components(0.9, 'top')} for the {dataset} set above: CIFAR-10 spreads its variance "
                      + ("over more components" if rbasis.n_components(0.9, "top") > basis.n_components(0.9, "top")
                         else "over fewer components") + "."))
+    label = f"CIFAR-10 training split, {int(rec['n_images']):,} images (record)"
     fig = plot_spectrum(rbasis, marks=(0.75, 0.9))
+    fig.suptitle(label, fontsize=10, y=1.03)
     display(reproduce("python -m lowvar_mae notebooks 01 -p dataset cifar10 -p record true", "pca"))
     fig = show_eigenimages(rbasis, min(n_eigenimages, rbasis.n_stored))
+    fig.suptitle(f"{label}: the first components", fontsize=10, y=1.03)
     ex = torch.as_tensor(unpack_array(rec["examples"]["images"])).float() / 255
     rtop = pca.project(ex, rbasis, "top", top_share)
     rbottom = pca.project(ex, rbasis, "bottom", bottom_share)
     fig = image_grid({"original": ex, f"bottom {bottom_share:.0%}\n(stretched)": rbottom, f"top {top_share:.0%}": rtop},
                      stretch=[f"bottom {bottom_share:.0%}\n(stretched)"], titles=rec["examples"]["labels"])
+    fig.suptitle("CIFAR-10 test images, filtered with the training split's PCA", fontsize=10, y=1.03)
 
 # %% [markdown]
 # ## Runs on real data
