@@ -120,6 +120,15 @@ def test_page_height_is_measured_in_the_browser(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.html", "tall.html"]  # no probe left behind
 
 
+def _layout_problems(folder, name: str, body: str, css: str = "", width: int = 800) -> list[str]:
+    """Write a page of ``body`` in a ``width`` px column (with ``css``) and check its layout
+    in the browser."""
+    page = folder / name
+    page.write_text(f'<html><head><style>{css}</style></head><body><main style="width: {width}px"><article>'
+                    f"{body}</article></main></body></html>")
+    return book.layout_problems(book.page_layout(page), name)
+
+
 @pytest.mark.skipif(book.chromium() is None, reason="headless Chromium is not installed")
 def test_a_table_wider_than_its_column_and_a_shrunk_figure_are_caught(tmp_path):
     """Fed the two defects in a real browser: a table cut at the right of an 800 px column and
@@ -130,18 +139,12 @@ def test_a_table_wider_than_its_column_and_a_shrunk_figure_are_caught(tmp_path):
     Image.fromarray(np.full((200, 2000, 3), 128, np.uint8)).save(tmp_path / "wide.png")
     Image.fromarray(np.full((100, 500, 3), 128, np.uint8)).save(tmp_path / "fits.png")
     row = "".join(f"<td>column_{i}_with_a_long_header</td>" for i in range(14))
-    bad = tmp_path / "bad.html"
-    bad.write_text(f'<html><body><main style="width: 800px"><article><div class="output">'
-                   f'<table><tr>{row}</tr></table></div><img src="wide.png" style="width: 400px"></article>'
-                   f"</main></body></html>")
-    good = tmp_path / "good.html"
-    good.write_text('<html><head><style>td { padding: 0 0.5em; }</style></head><body><main style="width: 800px">'
-                    '<article><table><tr><td>a</td><td>b</td></tr>'
-                    '</table><img src="fits.png" style="width: 450px"></article></main></body></html>')
-    problems = book.layout_problems(book.page_layout(bad), "bad.html")
+    problems = _layout_problems(tmp_path, "bad.html", f'<div class="output"><table><tr>{row}</tr></table></div>'
+                                '<img src="wide.png" style="width: 400px">', css="td { padding: 0 0.5em; }")
     assert any("a table is wider than its column ('column_0_with" in p for p in problems), problems
     assert any("figure wide.png at 20% of its width" in p for p in problems), problems
-    assert book.layout_problems(book.page_layout(good), "good.html") == []
+    assert _layout_problems(tmp_path, "good.html", '<table><tr><td>a</td><td>b</td></tr></table>'
+                            '<img src="fits.png" style="width: 450px">', css="td { padding: 0 0.5em; }") == []
 
 
 @pytest.mark.skipif(book.chromium() is None, reason="headless Chromium is not installed")
@@ -149,19 +152,13 @@ def test_a_cut_code_block_and_a_table_without_cell_padding_are_caught(tmp_path):
     """In the real browser: a code line longer than its 600 px box, and a table whose cells
     have no padding (its columns read as one word); spaced cells and wrapped code pass."""
     long_line = "make lab          # " + "installs the environment, then opens notebooks/ " * 3
-    css = "pre { overflow-x: auto; white-space: pre; } td { padding: 0; }"
-    bad = tmp_path / "bad.html"
-    bad.write_text(f'<html><head><style>{css}</style></head><body><main style="width: 600px"><article>'
-                   f"<pre>{long_line}</pre><table><tr><td>CIFAR-100</td><td>Original image</td></tr></table>"
-                   "</article></main></body></html>")
-    good = tmp_path / "good.html"
-    good.write_text('<html><head><style>pre { overflow-x: auto; } td { padding: 0.25em 0.75em; }</style></head>'
-                    '<body><main style="width: 600px"><article><pre>make lab\n# installs the environment</pre>'
-                    "<table><tr><td>CIFAR-100</td><td>Original image</td></tr></table></article></main></body></html>")
-    problems = book.layout_problems(book.page_layout(bad), "bad.html")
+    table = "<table><tr><td>CIFAR-100</td><td>Original image</td></tr></table>"
+    problems = _layout_problems(tmp_path, "bad.html", f"<pre>{long_line}</pre>{table}", width=600,
+                                css="pre { overflow-x: auto; white-space: pre; } td { padding: 0; }")
     assert any("a code block is cut at the right ('make lab # installs" in p for p in problems), problems
     assert any("cells have no room between them ('CIFAR-100 Original image" in p for p in problems), problems
-    assert book.layout_problems(book.page_layout(good), "good.html") == []
+    assert _layout_problems(tmp_path, "good.html", f"<pre>make lab\n# installs the environment</pre>{table}", width=600,
+                            css="pre { overflow-x: auto; } td { padding: 0.25em 0.75em; }") == []
 
 
 @pytest.mark.skipif(book.chromium() is None, reason="headless Chromium is not installed")
