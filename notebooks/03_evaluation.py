@@ -433,10 +433,13 @@ if len(study_lengths) > 1:
 # ```
 #
 # On a GPU the same grid runs the ViT-Tiny of the presentation under a 100-epoch recipe
-# (`--recipe gpu`, see the README). Cells of the default grid with no record yet:
+# (`--recipe gpu`, see the README). Cells of the default grid with no record yet, and of
+# the fine-tuning column (`--targets pixels pca-bottom:0.25 none --probes finetune`):
 
 # %% tags=["remove-input"]
 plan = grid.plan([dataset], grid.DEFAULT_TARGETS, [0, 1, 2], grid.DEFAULT_PROBES[recipe], recipe) if recipe in grid.DEFAULT_PROBES else []
+if plan:
+    plan += grid.plan([dataset], ["pixels", "pca-bottom:0.25", "none"], [0, 1, 2], ["finetune"], recipe)
 todo = grid.missing(plan)
 if todo:
     est = grid.estimate_seconds(todo, records)
