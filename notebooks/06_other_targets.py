@@ -81,9 +81,9 @@ if len(shares):
         r = by_target.get(t, {})
         kept = r.get("kept")
         rows.append({"target": target_label(t), "name": t,
-                     "pixel variance kept": "" if kept is None else f"{kept:.1%}",
-                     "PCA components": "" if r.get("components") is None else f"{r['components']:,}",
-                     "note": r.get("note", "")})
+                     "pixel variance kept": "–" if kept is None else f"{kept:.1%}",
+                     "PCA components": "–" if r.get("components") is None else f"{r['components']:,}",
+                     "note": r.get("note", "") if r else "not in the shares record yet"})
     display(pd.DataFrame(rows).style.hide(axis="index"))
     display(Markdown(f"Measured on {int(rec['n_images']):,} {dataset} training images, {rec['device_name']}, "
                      f"revision {str(rec['git_revision'])[:10]}."))
