@@ -423,9 +423,13 @@ def kept_variance(spec: str | TargetSpec, images: Tensor | None = None,
             raise ValueError(f"target '{spec}' needs the training images to say what it keeps")
         out["kept"] = fft_variance_share(images, spec.share, spec.kind.removeprefix("fft-"))
     elif spec.kind == "pc-mask":
-        lo, hi = (spec.share, spec.share) if spec.share is not None else PC_MASK_RANGE
-        out["note"] = (f"input keeps {1 - hi:.0%}-{1 - lo:.0%} of the variance; the rest is the target, "
-                       "a new random set of components each step")
+        if spec.share is not None:
+            out["note"] = (f"input keeps about {1 - spec.share:.0%} of the variance; the other {spec.share:.0%} is "
+                           "the target, a new random set of components each step")
+        else:
+            lo, hi = PC_MASK_RANGE
+            out["note"] = (f"input keeps {1 - hi:.0%}-{1 - lo:.0%} of the variance; the rest is the target, "
+                           "a new random set of components each step")
     else:
         out["note"] = "not a subspace of the image"
     return out

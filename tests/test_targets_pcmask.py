@@ -227,3 +227,10 @@ def test_the_committed_pc_masking_records_name_the_runs_today_s_configs_name():
         pytest.skip("no committed pc-mask records")
     for rec in records:
         assert rec["pretrain_run"] == make_config("cpu", "cifar10", "pc-mask", seed=rec["seed"]).run_name
+
+
+def test_the_shares_note_of_a_fixed_share_says_that_share():
+    from lowvar_mae.targets import kept_variance
+
+    assert kept_variance("pc-mask:0.2")["note"].startswith("input keeps about 80% of the variance; the other 20%")
+    assert kept_variance("pc-mask")["note"].startswith("input keeps 10%-90% of the variance")
