@@ -143,8 +143,10 @@ def takeaways(f: dict, chapter: str) -> list[str]:
             if said:
                 points.append(said)
         if f.get("crossing_epochs", math.nan) > (f.get("study_longest") or math.inf):
-            points.append(f"The gap has been closing with training; a straight line in log(epochs) would cross zero "
-                          f"near {f['crossing_epochs']:.0f} epochs. That is an extrapolation, not a measurement.")
+            lengths = ", ".join(str(e) for e in f.get("study_lengths", []))
+            points.append(f"A straight line in log(epochs) fitted to the linear-probe gaps at the lengths measured "
+                          f"({lengths}) rises and would cross zero near {f['crossing_epochs']:.0f} epochs. That is an "
+                          "extrapolation, not a measurement.")
         points.append("Every verdict is one rule: seeds paired, a 95% t interval, Holm's correction over the "
                       "page's comparisons, and no verdict for an encoder under the random-encoder bar.")
     if chapter in ("subspace", "conclusions") and f.get("convnet_full_n"):
