@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, fields
+from typing import ClassVar
 
 _NUMBER = "a number"
 
@@ -20,7 +22,7 @@ class RunConfig:
     NOT_IN_NAME: tuple[str, ...] = ()
     # Fields added after runs were named: left out of the hash while they hold this default,
     # so the run names (and records) made before they existed stay valid.
-    ADDED_LATER: dict = {}
+    ADDED_LATER: ClassVar[Mapping[str, object]] = {}
 
     def check_types(self) -> None:
         """Raise ValueError naming the first field whose value is not of its annotated type

@@ -28,8 +28,8 @@ from .data import load_dataset
 from .models import MAE, build_mae, set_attention
 from .probes import validation_probe
 from .provenance import OtherLoad, atomic_write_json, read_json, runs_dir
-from .results import pack_array
 from .recipes import PretrainConfig, read_run_config
+from .results import pack_array
 from .targets import PCMasking, basis_provenance, dataset_basis, make_pc_masking, make_target, parse_target
 from .train import (DeviceData, LoopConfig, augment, build_optimizer, denormalize, fits_on, init_distributed, normalize,
                     read_metrics, resolve_attention, resolve_device, resolve_precision, scaled_lr, train_loop)

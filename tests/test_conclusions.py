@@ -109,8 +109,8 @@ def test_the_end_boxes_say_what_the_rule_and_the_numbers_say():
     assert not any("cross zero" in p for p in takeaways(_hand_made(crossing_epochs=12.0), "evaluation"))
 
     premise = takeaways(_hand_made(), "subspace")
-    assert premise == ["The premise holds on cifar10: a conv net reads the class from the bottom-25% subspace at "
-                       "86.1% test accuracy, from the top-90% subspace at 69.5% and from the full image at 86.7%."]
+    assert premise == [("The premise holds on cifar10: a conv net reads the class from the bottom-25% subspace at "
+                        "86.1% test accuracy, from the top-90% subspace at 69.5% and from the full image at 86.7%.")]
     assert takeaways(_hand_made(convnet_bottom25=0.5), "subspace")[0].startswith("The premise does not hold")
 
     order = takeaways(_hand_made(), "learning-order")
