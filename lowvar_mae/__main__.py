@@ -91,6 +91,7 @@ PRETRAIN_OPTIONS = {
     "model": str, "epochs": int, "warmup_epochs": float, "batch_size": int, "accum_steps": int,
     "base_lr": float, "weight_decay": float, "mask_ratio": float, "augment": str, "n_train": int,
     "pca_method": str, "precision": str, "attention": str, "seed": int, "recon_every": int, "probe_every": int,
+    "pc_basis": str, "pc_count": str,
 }
 
 

@@ -50,7 +50,7 @@ DEFAULT_TARGETS = ["pixels", "pca-bottom:0.25", "pca-top:0.75", "none", "norm-pi
 # CIFAR-10 training images: high-pass outside 0.14 Nyquist keeps 25.4% (beside
 # pca-bottom:0.25), low-pass inside 0.177 keeps 75.8% (beside pca-top:0.75); pc-mask:0.2 is
 # PC masking at its paper's best setting (a fixed 20% of the variance masked, see
-# TARGET_SETTINGS), pc-mask its random-share variant. `python -m lowvar_mae shares`
+# recipes.PC_MASK_FIXED_SHARE), pc-mask its random-share variant. `python -m lowvar_mae shares`
 # measures the shares.
 OTHER_TARGETS = ["fft-high:0.14", "fft-low:0.177", "pc-mask:0.2", "pc-mask"]
 # Probes run when none are named: the CPU and GPU protocols probe; fine-tuning is asked for by name.
@@ -135,25 +135,11 @@ def plan(datasets: Iterable[str], targets: Iterable[str], seeds: Iterable[int], 
     return cells
 
 
-# PC masking with a fixed share runs as PMAE's code runs its best setting: components of
-# the per-pixel standardised PCA, counted by its rule. The random-share variant (pc-mask)
-# keeps this project's first settings under its own name.
-TARGET_SETTINGS = {"pc-mask": {}, "pc-mask:<share>": {"pc_basis": "standardized", "pc_count": "reference"}}
-
-
-def target_settings(target: str) -> dict:
-    """The pretraining settings a grid cell of ``target`` runs with beyond its recipe."""
-    if target.startswith("pc-mask:"):
-        return dict(TARGET_SETTINGS["pc-mask:<share>"])
-    return dict(TARGET_SETTINGS.get(target, {}))
-
-
 def pretrain_config(cell: Cell):
     """The cell's pretraining config, or None for target "none"."""
     if cell.target == NO_TARGET:
         return None
-    return make_config(cell.recipe, cell.dataset, cell.target,
-                       **{**target_settings(cell.target), **dict(cell.pretrain_overrides)}, seed=cell.seed)
+    return make_config(cell.recipe, cell.dataset, cell.target, **dict(cell.pretrain_overrides), seed=cell.seed)
 
 
 def _model(cell: Cell) -> str:

@@ -12,8 +12,7 @@ def cpu_has_fast_bf16() -> bool:
     if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
+    return bool(check and check()) or cpu_has_amx()
 
 
 def cpu_has_amx() -> bool:

@@ -221,7 +221,7 @@ def plot_subspace_accuracy(frame, classifier: str | None = None, ax=None, title:
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(8.6, 4.0))
+        _, ax = plt.subplots(figsize=(6.4, 4.0))  # with the legend beside it, about 8.5 inches
     names = [classifier] if classifier else list(dict.fromkeys(frame["classifier"]))
     for i, name in enumerate(names):
         part = frame[frame["classifier"] == name]

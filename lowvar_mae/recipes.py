@@ -57,6 +57,11 @@ PRETRAIN_RECIPES: dict[str, dict] = {
 }
 
 
+# PC masking with a fixed share (pc-mask:<s>) runs as PMAE's code runs its best setting:
+# components of the per-pixel standardised PCA, counted by its rule. The random-share
+# variant (pc-mask) keeps this project's first settings, and its run names.
+PC_MASK_FIXED_SHARE = {"pc_basis": "standardized", "pc_count": "reference"}
+
 # Model preset by recipe size and image size.
 MODEL_PRESETS = {("vit-tiny", 32): "vit-tiny-cifar", ("vit-tiny", 96): "vit-tiny-stl",
                  ("small", 32): "small-cifar", ("small", 96): "small-stl", ("cpu", 32): "cpu-cifar"}
@@ -180,8 +185,11 @@ def make_config(recipe: str = "quick", dataset: str = "synthetic", target: str =
         raise ValueError(f"recipe {recipe!r} has no model preset for {dataset} ({key[1]}x{key[1]} images); "
                          f"give model=..., one of {sorted(set(MODEL_PRESETS.values()))}")
     values["model"] = MODEL_PRESETS.get(key)
-    if parse_target(target).masks_components:
+    spec = parse_target(target)
+    if spec.masks_components:
         values["mask_ratio"] = 0.0  # PC masking replaces patch masking (PMAE's setting)
+        if spec.share is not None:  # a fixed share runs as PMAE's code runs its best setting
+            values.update(PC_MASK_FIXED_SHARE)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PretrainConfig(dataset=dataset, target=target, recipe=recipe, **values)
 

@@ -199,12 +199,15 @@ def test_the_reference_count_takes_one_component_fewer_and_may_take_none():
         make_pc_masking("pc-mask:0.2", basis, count="paper")
 
 
-def test_the_grid_runs_a_fixed_share_as_pmae_and_old_run_names_stay():
+def test_a_fixed_share_runs_as_pmae_everywhere_and_old_run_names_stay():
     from lowvar_mae import grid
 
     cell = grid.Cell("cifar10", "pc-mask:0.2", 0, "linprobe", "cpu")
     config = grid.pretrain_config(cell)
     assert (config.pc_basis, config.pc_count, config.mask_ratio) == ("standardized", "reference", 0.0)
+    # the pretrain command and the notebooks build their configs the same way
+    assert make_config("quick", "synthetic", "pc-mask:0.3").pc_basis == "standardized"
+    assert make_config("quick", "synthetic", "pc-mask:0.3", pc_basis="centred").pc_basis == "centred"
     assert grid.pretrain_config(grid.Cell("cifar10", "pc-mask", 0, "linprobe", "cpu")).pc_basis == "centred"
     # The settings added later leave the names of runs made before them as they were.
     random_share = make_config("cpu", "cifar10", "pc-mask", seed=0)
