@@ -125,12 +125,14 @@ def _verdict_point(f: dict, prefix: str, epochs) -> str | None:
         return text + "the bottom-25% encoder does not clear the random encoder by the bar, so no verdict."
     if outcome == "one seed only":
         return text + "one seed, so no verdict yet."
+    holm = (f"its p-value after Holm's correction over {f[prefix + '_family']} comparisons is "
+            f"{f[prefix + '_p_holm']:.3f}")
     if outcome == "higher":
-        return text + "the bottom target is ahead; the interval after Holm's correction excludes zero."
+        return text + f"the bottom target is ahead ({holm}, below {verdicts.ALPHA:g})."
     if outcome == "lower":
-        return text + "the pixel target is ahead; the interval after Holm's correction excludes zero. " \
-                      "At this length the records contradict the idea under test."
-    return text + "no difference is shown after Holm's correction."
+        return text + f"the pixel target is ahead ({holm}, below {verdicts.ALPHA:g}). At this length the records " \
+                      "contradict the idea under test."
+    return text + f"no difference is shown ({holm}, not below {verdicts.ALPHA:g})."
 
 
 def takeaways(f: dict, chapter: str) -> list[str]:

@@ -85,7 +85,7 @@ def _hand_made(**changes):
          "short_lin_mean": -0.056, "short_lin_low": -0.082, "short_lin_high": -0.029, "short_lin_n": 3,
          "short_lin_outcome": "not trained enough at this length",
          "long_lin_mean": 0.031, "long_lin_low": 0.012, "long_lin_high": 0.050, "long_lin_n": 3,
-         "long_lin_outcome": "higher", "crossing_epochs": 69.0,
+         "long_lin_outcome": "higher", "long_lin_p_holm": 0.021, "long_lin_family": 2, "crossing_epochs": 69.0,
          "convnet_full": 0.867, "convnet_full_n": 3, "convnet_top90": 0.695, "convnet_bottom25": 0.861,
          "short_finest_band": "90-100%", "short_finest_error": 0.876,
          "long_finest_band": "90-100%", "long_finest_error": 0.683,
@@ -99,12 +99,14 @@ def test_the_end_boxes_say_what_the_rule_and_the_numbers_say():
     said = takeaways(_hand_made(), "evaluation")
     assert said[0].startswith("At 6 pretraining epochs, bottom 25% minus pixels is -5.6 points by linear probe "
                               "(95% interval -8.2 to -2.9, 3 seeds)") and "so no verdict" in said[0]
-    assert "+3.1 points" in said[1] and "the bottom target is ahead" in said[1]
+    assert "+3.1 points" in said[1] and said[1].endswith(
+        "the bottom target is ahead (its p-value after Holm's correction over 2 comparisons is 0.021, below 0.05).")
     assert "near 69 epochs" in said[2] and "extrapolation" in said[2]
     lower = takeaways(_hand_made(long_lin_outcome="lower"), "evaluation")[1]
     assert "the pixel target is ahead" in lower and "contradict the idea" in lower
-    unshown = takeaways(_hand_made(long_lin_outcome="no difference shown"), "evaluation")[1]
-    assert "no difference is shown after Holm's correction" in unshown
+    unshown = takeaways(_hand_made(long_lin_outcome="no difference shown", long_lin_p_holm=0.31), "evaluation")[1]
+    assert unshown.endswith("no difference is shown (its p-value after Holm's correction over 2 comparisons is "
+                            "0.310, not below 0.05).")
     # A crossing already behind the longest length measured is not an extrapolation to announce.
     assert not any("cross zero" in p for p in takeaways(_hand_made(crossing_epochs=12.0), "evaluation"))
 
