@@ -40,6 +40,7 @@ from .provenance import device_info, require_clean, runs_dir
 from .recipes import (EVAL_RECIPES, METRICS, NO_TARGET, PRETRAIN_RECIPES, FinetuneConfig, KNNConfig, make_config,
                       make_eval_config)
 from .results import load_records, write_record
+from .schedule import STUDY_TARGETS
 from .targets import parse_target
 
 STOP_FILE = "grid.stop"
@@ -80,6 +81,22 @@ def length_overrides(recipe: str, epochs: int | None) -> dict:
     if every:
         out["probe_every"] = every if epochs <= 4 * base["epochs"] else 2 * every
     return out
+
+
+
+# The schedule study: pixels against bottom-25% as pretraining grows, only the length changed.
+STUDY_LENGTHS = {0: (12, 24, 48), 1: (24,), 2: (24,)}  # seed -> pretraining epochs beyond the recipe's
+
+
+def study_plan(dataset: str = "cifar10", recipe: str = "cpu") -> list[Cell]:
+    """The schedule study's cells beyond the recipe's own length: seed 0 at every length,
+    seeds 1 and 2 at 24 epochs, both probes of the recipe (its 6-epoch cells are the grid's)."""
+    cells = []
+    for seed, lengths in STUDY_LENGTHS.items():
+        for epochs in lengths:
+            cells += plan([dataset], STUDY_TARGETS, [seed], DEFAULT_PROBES.get(recipe, ["linprobe", "knn"]), recipe,
+                          pretrain_overrides=length_overrides(recipe, epochs))
+    return cells
 
 
 @dataclass(frozen=True)
@@ -288,5 +305,5 @@ def record_learning_order(run, results_root=None, *, device: str = "auto", log=p
     return write_record(LEARNING_ORDER_KIND, learning_order_fields(run, note), device=where, root=results_root)
 
 
-__all__ = ["DEFAULT_TARGETS", "OTHER_TARGETS", "DEFAULT_PROBES", "Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
+__all__ = ["STUDY_LENGTHS", "study_plan", "DEFAULT_TARGETS", "OTHER_TARGETS", "DEFAULT_PROBES", "Cell", "plan", "pretrain_config", "eval_config", "missing", "estimate_seconds", "describe_missing",
            "run_grid", "STOP_FILE", "BAND_IMAGES", "length_overrides", "record_pretraining", "record_learning_order"]

@@ -433,24 +433,31 @@ if len(study_lengths) > 1:
 # ```
 #
 # On a GPU the same grid runs the ViT-Tiny of the presentation under a 100-epoch recipe
-# (`--recipe gpu`, see the README). Cells of the default grid with no record yet, and of
-# the fine-tuning column (`--targets pixels pca-bottom:0.25 none --probes finetune`):
+# (`--recipe gpu`, see the README). Cells of the default grid with no record yet, of the
+# fine-tuning column (`--targets pixels pca-bottom:0.25 none --probes finetune`) and of the
+# schedule study (the commands of its section):
 
 # %% tags=["remove-input"]
 plan = grid.plan([dataset], grid.DEFAULT_TARGETS, [0, 1, 2], grid.DEFAULT_PROBES[recipe], recipe) if recipe in grid.DEFAULT_PROBES else []
 if plan:
     plan += grid.plan([dataset], ["pixels", "pca-bottom:0.25", "none"], [0, 1, 2], ["finetune"], recipe)
+    plan += grid.study_plan(dataset, recipe)
 todo = grid.missing(plan)
 if todo:
     est = grid.estimate_seconds(todo, records)
     rows = []
-    for target in dict.fromkeys(c.target for c in todo):
-        cells = [c for c in todo if c.target == target]
+    own = PRETRAIN_RECIPES[recipe]["epochs"]
+    for target, epochs in dict.fromkeys((c.target, dict(c.pretrain_overrides).get("epochs", own)) for c in todo):
+        cells = [c for c in todo if c.target == target and dict(c.pretrain_overrides).get("epochs", own) == epochs]
         known = [est[c][0] for c in cells if est[c][0] is not None]
-        rows.append({"target": target_label(target), "seeds": ", ".join(map(str, sorted({c.seed for c in cells}))),
+        rows.append({"target": target_label(target), "pretraining epochs": epochs if target != "none" else "-",
+                     "seeds": ", ".join(map(str, sorted({c.seed for c in cells}))),
                      "probes": ", ".join(dict.fromkeys(report.PROBE_LABELS[c.metric] for c in cells)),
                      "estimated minutes": f"{sum(known) / 60:.0f}" if known else "unknown"})
+    rows.sort(key=lambda r: 0 if r["pretraining epochs"] == "-" else r["pretraining epochs"])  # stable: by length
     display(pd.DataFrame(rows).style.hide(axis="index"))
+    display(Markdown("Estimates come from the wall time of recorded cells of the same probe and length (a "
+                     "pretraining run counted once per target and seed); \"unknown\" where none is recorded yet."))
 else:
     display(Markdown("Every cell of the default grid has a record." if plan else "No default grid for this recipe."))
 

@@ -41,6 +41,21 @@ def test_a_length_is_its_own_run_and_the_recipe_length_keeps_its_name():
     assert grid.eval_config(longer).run_name != grid.eval_config(plain).run_name
 
 
+
+def test_the_study_plan_is_the_cells_its_commands_run():
+    """Seed 0 at 12, 24 and 48 epochs, seeds 1 and 2 at 24: the same cells (and run names)
+    as the grid commands the README and chapter 03 give."""
+    cells = grid.study_plan("cifar10", "cpu")
+    by_command = []
+    for seeds, lengths in (([0], [12, 24, 48]), ([1, 2], [24])):
+        for epochs in lengths:
+            by_command += grid.plan(["cifar10"], ["pixels", "pca-bottom:0.25"], seeds, ["linprobe", "knn"], "cpu",
+                                    pretrain_overrides=grid.length_overrides("cpu", epochs))
+    assert sorted(map(str, cells)) == sorted(map(str, by_command)) and len(cells) == 20
+    assert {grid.eval_config(c).run_name for c in cells} == {grid.eval_config(c).run_name for c in by_command}
+    lengths = {(c.seed, dict(c.pretrain_overrides)["epochs"]) for c in cells}
+    assert lengths == {(0, 12), (0, 24), (0, 48), (1, 24), (2, 24)}
+
 def test_estimates_grow_with_the_pretraining_length():
     from lowvar_mae.provenance import device_info
 
