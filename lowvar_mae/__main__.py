@@ -195,6 +195,25 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def cmd_fill_in(args) -> int:
+    """What a linear map from the visible patches fills in of each target: one record per mask."""
+    from .linear_fill import record_fill_in
+    from .models import get_config
+    from .recipes import make_config
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    patch = args.patch_size or get_config(make_config(args.recipe, args.dataset).model).patch_size
+    for target in args.targets:
+        for seed in args.seeds:
+            path, rec = record_fill_in(args.dataset, target, patch_size=patch, seed=seed, allow_dirty=args.allow_dirty)
+            print(f"{args.dataset} {target}, {patch}x{patch} patches, mask {seed}: linear fill-in leaves "
+                  f"{rec['error']:.3f} of the target's variance (ridge {rec['ridge']:g}) -> {path or 'recorded before'}")
+    return 0
+
+
 def cmd_shards(args) -> int:
     from .data import load_dataset, save_shards
 
@@ -350,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("fill-in", help="what a linear map from the visible patches fills in of a target (a "
+                                       "reference level for reconstruction), one record per mask")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--targets", nargs="+", default=["pixels", "pca-bottom:0.25"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one random patch mask per seed")
+    p.add_argument("--recipe", default="cpu", help="whose model gives the patch size (default: the cpu protocol's)")
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--allow-dirty", action="store_true", help="write records from a checkout with uncommitted changes")
+    p.set_defaults(func=cmd_fill_in)
 
     p = sub.add_parser("shards", help="re-save a dataset in parts of 10,000 images (to carry it to another machine)")
     p.add_argument("dataset")
