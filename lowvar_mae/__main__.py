@@ -207,8 +207,9 @@ def cmd_fill_in(args) -> int:
         torch.set_num_threads(args.threads)
     patch = args.patch_size or get_config(make_config(args.recipe, args.dataset).model).patch_size
     for target in args.targets:
-        for seed in args.seeds:
-            path, rec = record_fill_in(args.dataset, target, patch_size=patch, seed=seed, allow_dirty=args.allow_dirty)
+        for path, rec in record_fill_in(args.dataset, target, patch_size=patch, seeds=args.seeds,
+                                        allow_dirty=args.allow_dirty):
+            seed = rec["seed"]
             print(f"{args.dataset} {target}, {patch}x{patch} patches, mask {seed}: linear fill-in leaves "
                   f"{rec['error']:.3f} of the target's variance (ridge {rec['ridge']:g}) -> {path or 'recorded before'}")
     return 0

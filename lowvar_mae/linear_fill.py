@@ -56,13 +56,15 @@ def relative_error(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def _split(images, target, masked):
-    images, target = np.asarray(images, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    """(visible input values, masked target values) as float64 (N, D) arrays."""
+    images, target = np.asarray(images), np.asarray(target)
     if images.ndim != 4 or target.shape[0] != images.shape[0] or target.shape[2:] != images.shape[2:]:
         raise ValueError(f"need images (N, C, H, W) and a target (N, C', H, W) of the same N, H, W; got "
                          f"{images.shape} and {target.shape}")
     if masked.shape != images.shape[2:]:
         raise ValueError(f"the mask is {masked.shape}, the images {images.shape[2:]}")
-    return images[:, :, ~masked].reshape(len(images), -1), target[:, :, masked].reshape(len(target), -1)
+    return (images[:, :, ~masked].reshape(len(images), -1).astype(np.float64),
+            target[:, :, masked].reshape(len(target), -1).astype(np.float64))
 
 
 def linear_fill(train_images, train_target, test_images, test_target, masked: np.ndarray, *,
@@ -89,11 +91,13 @@ def linear_fill(train_images, train_target, test_images, test_target, masked: np
                       n_val=n_val, n_test=len(xt), n_visible=x.shape[1], n_masked=y.shape[1])
 
 
-def fill_in_reference(dataset: str, target: str, *, patch_size: int, mask_ratio: float = 0.75, seed: int = 0,
-                      root=None) -> LinearFill:
-    """:func:`linear_fill` of ``target`` on ``dataset``: all its training images (its PCA
-    basis, for a pca-* target, from the cache or fitted), the whole test split, one mask of
-    ``patch_size`` patches drawn with ``seed``; inputs and targets on the model's input scale."""
+def fill_in_reference(dataset: str, target: str, *, patch_size: int, mask_ratio: float = 0.75, seeds=(0,),
+                      n_train: int | None = None, root=None) -> dict[int, LinearFill]:
+    """:func:`linear_fill` of ``target`` on ``dataset`` for one mask per seed: fitted on its
+    training images (``n_train`` of them drawn with seed 0; all by
+    default), scored on the whole test split, masks of ``patch_size`` patches drawn with each
+    seed; the PCA basis of a pca-* target is the whole training split's, as in pretraining.
+    Inputs and targets on the model's input scale, computed once for every mask."""
     import torch
 
     from .data import load_dataset
@@ -102,27 +106,31 @@ def fill_in_reference(dataset: str, target: str, *, patch_size: int, mask_ratio:
     spec = parse_target(target)
     if spec.masks_components:
         raise ValueError(f"target {target!r} masks components, not patches: a patch fill-in does not apply to it")
-    train, test = (load_dataset(dataset, split).to_tensor() for split in ("train", "test"))
-    basis = dataset_basis(dataset, images=train, root=root) if spec.needs_basis else None
+    full, test = (load_dataset(dataset, split) for split in ("train", "test"))
+    basis = dataset_basis(dataset, images=full.to_tensor(), root=root) if spec.needs_basis else None
+    train = (full if n_train is None else full.subset(n_train, seed=0)).to_tensor()
+    test = test.to_tensor()
     fn = make_target(spec, basis=basis, patch_size=patch_size, image_shape=tuple(train.shape[1:]))
 
-    def scaled(images):  # (inputs, targets) on the model's input scale, in slices to bound memory
+    def scaled(images):  # (inputs, targets) on the model's input scale, float32, in slices to bound memory
         x = images.float().div_(255)
         with torch.no_grad():
             t = torch.cat([fn(part) for part in x.split(4096)])
         return x.sub_(0.5).div_(0.5).numpy(), t.numpy()
 
-    masked = patch_mask(train.shape[-1], patch_size, mask_ratio, seed)
-    return linear_fill(*scaled(train), *scaled(test), masked, seed=seed)
+    arrays = (*scaled(train), *scaled(test))
+    return {seed: linear_fill(*arrays, patch_mask(train.shape[-1], patch_size, mask_ratio, seed), seed=seed)
+            for seed in seeds}
 
 
 FILL_IN_KIND = "fill_in"  # records under results/fill_in/
 
 
-def record_fill_in(dataset: str, target: str, *, patch_size: int, mask_ratio: float = 0.75, seed: int = 0,
-                   allow_dirty: bool = False, results_root=None, root=None):
-    """Write the record of :func:`fill_in_reference` (one mask, ``seed``) unless one with the
-    same dataset, target, patch size, mask ratio and seed exists; returns (path or None, fields)."""
+def record_fill_in(dataset: str, target: str, *, patch_size: int, mask_ratio: float = 0.75, seeds=(0,),
+                   allow_dirty: bool = False, results_root=None, root=None) -> list[tuple]:
+    """One record of :func:`fill_in_reference` per mask seed, skipping the seeds recorded
+    before with the same dataset, target, patch size and mask ratio; returns (path, fields)
+    per seed, path None for a seed recorded before."""
     import time
 
     from .provenance import require_clean
@@ -131,18 +139,24 @@ def record_fill_in(dataset: str, target: str, *, patch_size: int, mask_ratio: fl
 
     target = str(parse_target(target))
     require_clean(allow_dirty)
-    done = load_records(FILL_IN_KIND, results_root)
-    if len(done):
+    done, out = load_records(FILL_IN_KIND, results_root), {}
+    for seed in seeds:
         same = done[(done["dataset"] == dataset) & (done["target"] == target) & (done["patch_size"] == patch_size)
-                    & (done["mask_ratio"] == mask_ratio) & (done["seed"] == seed)]
+                    & (done["mask_ratio"] == mask_ratio) & (done["seed"] == seed)] if len(done) else done
         if len(same):
-            return None, same.iloc[0].to_dict()
-    start = time.perf_counter()
-    fill = fill_in_reference(dataset, target, patch_size=patch_size, mask_ratio=mask_ratio, seed=seed, root=root)
-    fields = {"dataset": dataset, "target": target, "seed": seed, "patch_size": patch_size, "mask_ratio": mask_ratio,
-              **dataclasses.asdict(fill), "ridges": list(RIDGES), "wall_seconds": time.perf_counter() - start}
-    return write_record(FILL_IN_KIND, fields, root=results_root), fields
-
+            out[seed] = (None, same.iloc[0].to_dict())
+    todo = [s for s in seeds if s not in out]
+    if todo:
+        start = time.perf_counter()
+        fills = fill_in_reference(dataset, target, patch_size=patch_size, mask_ratio=mask_ratio, seeds=todo,
+                                  root=root)
+        seconds = (time.perf_counter() - start) / len(todo)
+        for seed, fill in fills.items():
+            fields = {"dataset": dataset, "target": target, "seed": seed, "patch_size": patch_size,
+                      "mask_ratio": mask_ratio, **dataclasses.asdict(fill), "ridges": list(RIDGES),
+                      "wall_seconds": seconds}
+            out[seed] = (write_record(FILL_IN_KIND, fields, root=results_root), fields)
+    return [out[s] for s in seeds]
 
 def _ridge(x: np.ndarray, y: np.ndarray):
     """Ridge regression with intercepts (both sides centred) for any penalty: returns

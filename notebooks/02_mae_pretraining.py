@@ -157,7 +157,7 @@ display(Markdown(text))
 # An error at the mean-image level can mean two things: the visible patches do not carry the
 # target, or the model has not yet learned to read it from them. A linear map tells them
 # apart: a ridge regression from the visible pixels to the target at the masked pixels, for
-# one fixed mask of the same share, fitted on the training images (its penalty chosen on a
+# one fixed mask of the same share, fitted on the run's training images (its penalty chosen on a
 # held-out tenth) and scored on the test images with the same measure.
 
 # %% tags=["remove-input"]
@@ -168,8 +168,8 @@ def named(target):
 
 
 mae_cfg = run.model.config
-fills = {name: fill_in_reference(dataset, name, patch_size=mae_cfg.patch_size, mask_ratio=mae_cfg.mask_ratio)
-         for name in errors}
+fills = {name: fill_in_reference(dataset, name, patch_size=mae_cfg.patch_size, mask_ratio=mae_cfg.mask_ratio,
+                                 n_train=n_train)[0] for name in errors}
 display(pd.DataFrame({"target": [target_label(n) for n in fills],
                       "MAE, last epoch (8 test images)": [f"{first_last[n][1]:.2f}" for n in fills],
                       "linear map, one mask (all test images)": [f"{f.error:.2f}" for f in fills.values()]}

@@ -64,22 +64,23 @@ def test_a_fill_in_record_is_written_once_per_mask_and_names_its_setting(tmp_pat
 
     calls = []
 
-    def fake(dataset, target, *, patch_size, mask_ratio, seed, root=None):
-        calls.append((dataset, target, patch_size, seed))
-        return lf.LinearFill(error=0.25 + seed, ridge=0.01, val_error=0.3, n_train=9, n_val=1, n_test=5,
-                             n_visible=4, n_masked=12)
+    def fake(dataset, target, *, patch_size, mask_ratio, seeds, root=None):
+        calls.append((dataset, target, patch_size, list(seeds)))
+        return {s: lf.LinearFill(error=0.25 + s, ridge=0.01, val_error=0.3, n_train=9, n_val=1, n_test=5,
+                                 n_visible=4, n_masked=12) for s in seeds}
 
     monkeypatch.setattr(lf, "fill_in_reference", fake)
-    path, rec = lf.record_fill_in("synthetic", "pca-bottom:0.250", patch_size=4, seed=1, allow_dirty=True,
-                                  results_root=tmp_path)
+    [(path, rec)] = lf.record_fill_in("synthetic", "pca-bottom:0.250", patch_size=4, seeds=[1], allow_dirty=True,
+                                      results_root=tmp_path)
     assert path is not None and path.parent.name == lf.FILL_IN_KIND
     assert rec["target"] == "pca-bottom:0.25" and rec["error"] == 1.25 and rec["patch_size"] == 4
-    again, old = lf.record_fill_in("synthetic", "pca-bottom:0.25", patch_size=4, seed=1, allow_dirty=True,
-                                   results_root=tmp_path)
-    assert again is None and old["error"] == 1.25 and len(calls) == 1  # skipped: recorded before
-    lf.record_fill_in("synthetic", "pca-bottom:0.25", patch_size=2, seed=1, allow_dirty=True, results_root=tmp_path)
+    out = lf.record_fill_in("synthetic", "pca-bottom:0.25", patch_size=4, seeds=[0, 1], allow_dirty=True,
+                            results_root=tmp_path)
+    assert [p is None for p, _ in out] == [False, True] and [r["error"] for _, r in out] == [0.25, 1.25]
+    assert calls[-1][3] == [0]  # only the seed without a record is computed
+    lf.record_fill_in("synthetic", "pca-bottom:0.25", patch_size=2, seeds=[1], allow_dirty=True, results_root=tmp_path)
     records = load_records(lf.FILL_IN_KIND, tmp_path)
-    assert sorted(records["patch_size"]) == [2, 4] and len(calls) == 2
+    assert sorted(records["patch_size"]) == [2, 4, 4] and len(calls) == 3
     assert {"git_revision", "device_name"} <= set(records.columns)
 
 
