@@ -39,6 +39,34 @@ def _premise(dataset: str) -> dict:
     return out
 
 
+def _fill_in(dataset: str, recipe: str, epochs: int) -> dict:
+    """What a linear map from the visible patches leaves of the bottom-25% target (mean and
+    range over the recorded masks, on the protocol model's patches), beside what the
+    bottom-25% MAE of seed 0 at ``epochs`` leaves on its recorded test batch."""
+    from .linear_fill import FILL_IN_KIND
+    from .models import get_config
+    from .pretrain import PRETRAINING_KIND
+    from .recipes import make_config
+    from .results import load_records
+
+    out: dict = {}
+    fills = load_records(FILL_IN_KIND)
+    patch = get_config(make_config(recipe, dataset).model).patch_size
+    if len(fills):
+        rows = fills[(fills["dataset"] == dataset) & (fills["target"] == BOTTOM) & (fills["patch_size"] == patch)]
+        if len(rows):
+            out.update(fill_bottom=float(rows["error"].mean()), fill_bottom_low=float(rows["error"].min()),
+                       fill_bottom_high=float(rows["error"].max()), fill_bottom_n=len(rows))
+    pre = load_records(PRETRAINING_KIND)
+    if len(pre):
+        rows = pre[(pre["dataset"] == dataset) & (pre["recipe"] == recipe) & (pre["target"] == BOTTOM)
+                   & (pre["seed"] == 0) & (pre["pretrain_epochs"] == epochs)]
+        if len(rows):
+            errors = rows.iloc[-1]["reconstructions"]["relative_error"]
+            out.update(mae_bottom_error=float(errors[max(errors, key=int)]), mae_bottom_epochs=int(epochs))
+    return out
+
+
 def _verdict_fields(prefix: str, table, metric: str) -> dict:
     rows = table[(table["target"] == BOTTOM) & (table["metric"] == metric)] if len(table) else table
     if not len(rows):
@@ -97,6 +125,7 @@ def findings(dataset: str = "cifar10", recipe: str = "cpu") -> dict:
             out[f"{key}_finest_band"] = crossed.iloc[-1]["band_label"]
             out[f"{key}_finest_error"] = float(crossed.iloc[-1]["last"])
     out["mean_image_level"] = schedule.MEAN_IMAGE_LEVEL
+    out.update(_fill_in(dataset, recipe, out.get("study_longest") or out["epochs"]))
     # The cost of settling it on this machine kind: the pretraining minutes per epoch recorded.
     if have and "pretrain_seconds" in records:
         pre = records.dropna(subset=["pretrain_seconds"])
@@ -165,6 +194,13 @@ def takeaways(f: dict, chapter: str) -> list[str]:
                 where = "below" if err < level else "still above"
                 points.append(f"After {epochs} epochs the bottom-25% MAE's finest band ({f[key + '_finest_band']} of "
                               f"the variance) has relative error {err:.3f}, {where} the mean-image level {level:.2f}.")
+        if "fill_bottom" in f and "mae_bottom_error" in f:
+            ahead = f["mae_bottom_error"] < f["fill_bottom"]
+            points.append(f"After {f['mae_bottom_epochs']} epochs the bottom-25% MAE leaves {f['mae_bottom_error']:.2f} "
+                          f"of its target's variance in the masked patches (8 test images), "
+                          + ("less than" if ahead else "more than")
+                          + f" a linear map from the visible patches leaves ({f['fill_bottom']:.2f}, "
+                          f"{f['fill_bottom_n']} masks).")
         if chapter == "learning-order":
             points.append("The fine detail is learned last: a short schedule can judge a low-variance target before "
                           "the model has learned it.")

@@ -39,7 +39,8 @@ from lowvar_mae.reference import target_label
 f = findings(dataset, recipe)
 GLUED = ("convnet_full", "convnet_top90", "convnet_bottom25", "convnet_bottom20", "short_lin_mean", "short_lin_margin",
          "short_lin_outcome", "short_knn_mean", "short_knn_outcome", "pixels_margin", "study_longest", "long_lin_mean",
-         "long_lin_outcome", "long_knn_mean", "long_knn_outcome", "short_finest_error", "long_finest_error")
+         "long_lin_outcome", "long_knn_mean", "long_knn_outcome", "short_finest_error", "long_finest_error",
+         "fill_bottom", "mae_bottom_error")
 for key in GLUED:
     if key in f:
         glue(key, f[key])
@@ -163,6 +164,17 @@ if "short_finest_error" in f:
                  f"(05_learning_order.ipynb): after {f['epochs']} epochs the bottom-25% MAE's error in its finest "
                  f"band ({f['short_finest_band']} of the variance) is {f['short_finest_error']:.3f} of the data's "
                  f"variance there, worse than predicting the mean image ({level:.2f})." + later)
+if "fill_bottom" in f and "mae_bottom_error" in f:
+    ahead = f["mae_bottom_error"] < f["fill_bottom"]
+    notes.append(f"- **What the visible patches give away.** A linear map from the visible pixels to the masked ones "
+                 f"(one fixed mask, [pretraining chapter](02_mae_pretraining.ipynb)) leaves {f['fill_bottom']:.2f} of "
+                 f"the bottom-25% target's variance ({f['fill_bottom_n']} masks, {f['fill_bottom_low']:.2f} to "
+                 f"{f['fill_bottom_high']:.2f}); the MAE after {f['mae_bottom_epochs']} epochs leaves "
+                 f"{f['mae_bottom_error']:.2f} on its recorded test batch of 8 images. "
+                 + ("The MAE already infers more of the target than the linear map, so the target is learnable from "
+                    "what the encoder sees; it is learned later than pixels, not never." if ahead else
+                    "The MAE does not yet infer as much of the target as a linear map does: it is still short of "
+                    "training for this target."))
 notes.append("- **Three seeds.** Intervals at n = 3 are wide, and the correction for several comparisons on a "
              "page widens what a difference must be to count; a difference that is not shown may still exist, it is "
              "only not measured.")

@@ -53,6 +53,19 @@ def test_findings_agree_with_a_direct_reading_of_the_records(committed):
     assert f["convnet_bottom25"] == pytest.approx(conv["test_accuracy"].astype(float).mean())
     assert f["convnet_bottom25_n"] == len(conv)
 
+    # the fill-in reference: every committed mask of the bottom target on the cpu model's 4x4 patches,
+    # against the reconstruction error of the longest seed-0 bottom run, read straight from the JSON
+    fills = [json.loads(p.read_text()) for p in sorted((book.repo_root() / "results" / "fill_in").glob("*.json"))]
+    errors = [r["error"] for r in fills if r["dataset"] == "cifar10" and r["target"] == BOTTOM and r["patch_size"] == 4]
+    assert f["fill_bottom_n"] == len(errors) >= 1 and f["fill_bottom"] == pytest.approx(np.mean(errors))
+    assert (f["fill_bottom_low"], f["fill_bottom_high"]) == (min(errors), max(errors))
+    runs = [json.loads(p.read_text()) for p in (book.repo_root() / "results" / "pretraining").glob("*.json")]
+    runs = [r for r in runs if r["dataset"] == "cifar10" and r["recipe"] == "cpu" and r["target"] == BOTTOM
+            and r["seed"] == 0 and r["pretrain_epochs"] == f["mae_bottom_epochs"]]
+    last = runs[-1]["reconstructions"]["relative_error"]
+    assert f["mae_bottom_error"] == pytest.approx(last[max(last, key=int)])
+    assert f["mae_bottom_epochs"] == (f.get("study_longest") or f["epochs"])
+
 
 @pytest.mark.slow
 def test_the_executed_page_glues_the_numbers_of_the_records(committed, tmp_path, monkeypatch):
