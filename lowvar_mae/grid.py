@@ -83,7 +83,6 @@ def length_overrides(recipe: str, epochs: int | None) -> dict:
     return out
 
 
-
 # The schedule study: pixels against bottom-25% as pretraining grows, only the length changed.
 STUDY_LENGTHS = {0: (12, 24, 48), 1: (24,), 2: (24,)}  # seed -> pretraining epochs beyond the recipe's
 
