@@ -21,13 +21,21 @@ def cpu_has_amx() -> bool:
     return bool(amx and amx())
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it ("" where /proc/cpuinfo is missing)."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU as the kernel names it: model name, then family and model numbers, which tell
+    apart CPUs of one name ("AMD EPYC" is family 25 on Zen 4 and 26 on Zen 5, whose bf16 step
+    runs about 1.7x faster). "" where ``cpuinfo`` is missing or names no model."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return ""
+        return ""
+    name = fields.get("model name", "")
+    numbers = [f"{word} {fields[key]}" for key, word in (("cpu family", "family"), ("model", "model"))
+               if fields.get(key, "").isdigit()]
+    return f"{name} ({', '.join(numbers)})" if name and numbers else name

@@ -271,10 +271,13 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> PretrainRun:
 
 def pretrain_provenance(run_dir: Path, summary: dict) -> dict:
     """What made a pretrained encoder, from its run folder: the code (git revision, and that
-    of every resumed start), the machine, threads, precision and wall time."""
+    of every resumed start), the machine (and every machine a start ran on), threads,
+    precision and wall time."""
     path = run_dir / "provenance.json"
     prov = read_json(path, "the pretraining run folder is damaged") if path.is_file() else {}
+    machines = dict.fromkeys(p.get("device_name") for p in [prov, *prov.get("resumes", [])] if p.get("device_name"))
     return {"git_revision": prov.get("git_revision"), "device_name": prov.get("device_name"),
+            "machines": list(machines),
             "threads": prov.get("threads"), "host": prov.get("host"), "time_utc": prov.get("time_utc"),
             "precision": summary.get("precision", prov.get("precision")), "train_seconds": summary.get("train_seconds"),
             "images_per_s": summary.get("images_per_s"), "other_cores_max": summary.get("other_cores_max"),

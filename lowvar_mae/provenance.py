@@ -107,12 +107,14 @@ def device_info(device: str | None = None) -> dict[str, object]:
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(torch.device(device))
     else:
-        # AMX machines are named apart: their bf16 step runs about twice as fast as AVX512-BF16 ones.
+        # Machines whose steps differ in speed are named apart: AMX ones (a bf16 step about twice
+        # as fast as AVX512-BF16 ones) and CPUs of one name but another family (cpu_model).
         native = info["cpu_native_bf16"]
         bf16 = (", AMX" if info["cpu_amx"] and native else "") + (", native bf16" if native else "")
         forced = os.environ.get("ATEN_CPU_CAPABILITY")
         limited = f", kernels limited by ATEN_CPU_CAPABILITY={forced}" if forced else ""
-        info["device_name"] = f"CPU ({info['cpu_capability']}{bf16}, {os.cpu_count()} cores{limited})"
+        model = f"{info['cpu_model']}: " if info["cpu_model"] else ""
+        info["device_name"] = f"CPU ({model}{info['cpu_capability']}{bf16}, {os.cpu_count()} cores{limited})"
     return info
 
 

@@ -35,3 +35,41 @@ def test_machines_with_amx_are_named_apart(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
     assert "AMX" not in device_info()["device_name"]
     assert isinstance(info["cpu_model"], str)
+
+
+def test_cpu_model_names_family_and_model_of_the_first_processor(tmp_path):
+    """Two CPUs sold under one name ("AMD EPYC": Zen 4 is family 25, Zen 5 family 26) run
+    the step at different speeds, so the name carries the numbers; a missing file gives ""."""
+    from lowvar_mae.hardware import cpu_model
+
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: {}\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n"
+    info = tmp_path / "cpuinfo"
+    info.write_text(block.format(0, 26, 2) + "\n" + block.format(1, 25, 17))
+    assert cpu_model(str(info)) == "AMD EPYC (family 26, model 2)"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_model(str(info)) == "Some CPU"
+    assert cpu_model(str(tmp_path / "missing")) == ""
+
+
+def test_device_name_carries_the_cpu_model(monkeypatch):
+    from lowvar_mae import hardware
+    from lowvar_mae.provenance import device_info
+
+    monkeypatch.setattr(hardware, "cpu_model", lambda: "AMD EPYC (family 26, model 2)")
+    assert device_info()["device_name"].startswith("CPU (AMD EPYC (family 26, model 2): ")
+    monkeypatch.setattr(hardware, "cpu_model", lambda: "")
+    assert device_info()["device_name"].startswith("CPU (AVX")
+
+
+def test_pretrain_provenance_lists_every_machine_a_run_started_on(tmp_path):
+    """A run resumed on another machine names both, the first one first, each once."""
+    from lowvar_mae.pretrain import pretrain_provenance
+
+    start = {"git_revision": "a" * 40, "device_name": "CPU (one)", "threads": "2", "time_utc": "t0"}
+    resumes = [{"git_revision": "b" * 40, "device_name": "CPU (two)"}, {"git_revision": "b" * 40, "device_name": "CPU (one)"}]
+    (tmp_path / "provenance.json").write_text(json.dumps({**start, "resumes": resumes}))
+    made = pretrain_provenance(tmp_path, {"train_seconds": 10.0})
+    assert made["machines"] == ["CPU (one)", "CPU (two)"] and made["device_name"] == "CPU (one)"
+    assert made["resumes"] == ["b" * 40, "b" * 40]
+    (tmp_path / "provenance.json").write_text(json.dumps(start))
+    assert pretrain_provenance(tmp_path, {})["machines"] == ["CPU (one)"]
