@@ -7,7 +7,7 @@ on test images as the squared error over the target's variance there, the measur
 :func:`lowvar_mae.pretrain.masked_relative_error` (0 is exact, 1 is what the mean image
 scores). An MAE sees a new mask every step and is not linear, so this is neither a bound
 nor its goal: it says whether the visible patches carry the target at all. When they do
-and an MAE still ends at the mean-image level, what it lacks is training, not information.
+and an MAE still ends at the mean-image level, its model or training falls short, not its input.
 """
 
 from __future__ import annotations

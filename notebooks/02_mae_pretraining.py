@@ -178,7 +178,7 @@ glue("fill_error", fills[spec].error)
 mae_last = first_last[spec][1]
 gap_words = (f"The {named(spec)} target is largely in the visible patches: a linear map fills in all but "
              f"{fills[spec].error:.2f} of its variance on {fills[spec].n_test:,} test images, while this run's MAE "
-             f"leaves {mae_last:.2f}. What the run lacks is training, not information"
+             f"leaves {mae_last:.2f}: the information is there, and this run does not extract it"
              if fills[spec].error < 0.6 and mae_last > fills[spec].error + 0.2 else
              f"A linear map leaves {fills[spec].error:.2f} of the {named(spec)} target's variance on {fills[spec].n_test:,} "
              f"test images, this run's MAE {mae_last:.2f}")
