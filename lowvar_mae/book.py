@@ -157,7 +157,9 @@ _HIDDEN_CELL = ("tag_hide-cell", "tag_hide-input", "tag_remove-input", "tag_remo
 _CODE_TAGS = {"code", "pre", "script", "style", "mjx-container", "textarea"}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _REPRS = (re.compile(r"\bText\(-?[0-9.]+, -?[0-9.]+, '"), re.compile(r"<(Figure|Axes|matplotlib)[^>]*>"),
-          re.compile(r"<pandas\.io\.formats\.style\.Styler object|<pandas\.io\.formats\.style\.Styler at 0x"))
+          re.compile(r"<pandas\.io\.formats\.style\.Styler object|<pandas\.io\.formats\.style\.Styler at 0x"),
+          # a value printed raw as the whole of a table cell or line: a missing number, a flag
+          re.compile(r"(?m)^[ \t]*(nan|NaN|None|<NA>|NaT|True|False)[ \t]*$"))
 _WARNINGS = re.compile(r"(Traceback \(most recent call last\)|\b\w*(Warning|Error): )")
 
 
@@ -235,7 +237,7 @@ def dom_problems(dom: str, name: str = "page") -> list[str]:
     for pattern in _REPRS:
         hit = pattern.search(out)
         if hit:
-            problems.append(f"{name}: a Python repr in a cell output: {hit.group(0)!r}")
+            problems.append(f"{name}: a Python repr in a cell output: {hit.group(0).strip()!r}")
     hit = _WARNINGS.search(out)
     if hit:
         problems.append(f"{name}: a warning or error in a cell output: {hit.group(0).strip()!r}")

@@ -371,6 +371,7 @@ if len(study_lengths) > 1:
                              accuracy=[f"{m:.3f}" + (f" ± {s:.3f}" if n > 1 else "") + f" (n={n})"
                                        for m, s, n in zip(by_length["mean"], by_length["std"], by_length["n"])])
     wide = shown.pivot_table(index=["probe", "epochs"], columns="label", values="accuracy", aggfunc="first")
+    wide = wide.fillna("no record yet")  # a length one target has reached and the other not yet
     display(wide.reset_index().rename(columns={"epochs": "pretraining epochs"}).style.hide(axis="index"))
 else:
     display(Markdown("The schedule study has no records beyond the protocol's own length yet; the commands "

@@ -1,5 +1,6 @@
 """The book checks and the result records."""
 
+import html
 import json
 
 import pytest
@@ -98,6 +99,14 @@ def test_a_clean_page_passes_the_dom_checks():
 def test_each_defect_class_fails_the_dom_checks(defect):
     problems = book.dom_problems(DEFECTS[defect], "page.html")
     assert any(defect in p for p in problems), problems
+
+
+@pytest.mark.parametrize("raw", ["nan", "None", "True", "<NA>"])
+def test_a_raw_missing_value_or_flag_in_a_table_cell_is_caught(raw):
+    page = GOOD.replace("<td>0.563</td>", f"<td>0.563</td><td>{html.escape(raw)}</td>")
+    assert any(repr(raw) in p for p in book.dom_problems(page)), raw
+    # the same word inside a sentence is prose, not a raw value
+    assert book.dom_problems(GOOD.replace("<td>0.563</td>", f"<td>{html.escape(raw)} of the runs</td>")) == []
 
 
 def test_a_figure_repr_and_a_title_below_code_are_caught():
