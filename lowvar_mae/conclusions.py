@@ -107,6 +107,7 @@ def findings(dataset: str = "cifar10", recipe: str = "cpu") -> dict:
         judged = schedule.verdicts_by_length(study, records[records["target"] == "none"])
         longest = judged[judged["epochs"] == max(judged["epochs"])]
         out["study_longest"] = int(max(judged["epochs"]))
+        out["gap_lengths"] = sorted(int(e) for e in set(judged["epochs"]))  # lengths with both targets
         out.update(_verdict_fields("long_lin", longest, "linprobe"))
         out.update(_verdict_fields("long_knn", longest, "knn"))
         lin = judged[judged["metric"] == "linprobe"]
@@ -174,7 +175,7 @@ def takeaways(f: dict, chapter: str) -> list[str]:
             if said:
                 points.append(said)
         if f.get("crossing_epochs", math.nan) > (f.get("study_longest") or math.inf):
-            lengths = ", ".join(str(e) for e in f.get("study_lengths", []))
+            lengths = ", ".join(str(e) for e in f.get("gap_lengths", f.get("study_lengths", [])))
             points.append(f"A straight line in log(epochs) fitted to the linear-probe gaps at the lengths measured "
                           f"({lengths}) rises and would cross zero near {f['crossing_epochs']:.0f} epochs. That is an "
                           "extrapolation, not a measurement.")

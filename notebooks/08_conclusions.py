@@ -112,7 +112,10 @@ else:
 # %% tags=["remove-input"]
 if "study_longest" in f:
     lengths = ", ".join(str(e) for e in f["study_lengths"])
-    text = (f"Lengths recorded: {lengths} epochs. At the longest, {f['study_longest']} epochs, bottom 25% minus pixels "
+    both = ", ".join(str(e) for e in f["gap_lengths"])
+    lengths += " epochs" + (f" (both targets at {both})" if both != lengths else "")
+    text = (f"Lengths recorded: {lengths}. At the longest with both, {f['study_longest']} epochs, "
+            f"bottom 25% minus pixels "
             f"is {pts(f['long_lin_mean'])} by linear probe ({interval('long_lin')}; outcome: "
             f"**{f['long_lin_outcome']}**) and {pts(f['long_knn_mean'])} by kNN ({interval('long_knn')}; "
             f"**{f['long_knn_outcome']}**); the bottom-25% encoder's linear probe clears the random encoder by "

@@ -122,6 +122,9 @@ def test_the_end_boxes_say_what_the_rule_and_the_numbers_say():
                             "0.310, not below 0.05).")
     # A crossing already behind the longest length measured is not an extrapolation to announce.
     assert not any("cross zero" in p for p in takeaways(_hand_made(crossing_epochs=12.0), "evaluation"))
+    # The line is fitted to the lengths where both targets have records, and says so.
+    partial = _hand_made(study_lengths=[6, 12, 24, 48], gap_lengths=[6, 12, 24])
+    assert any("at the lengths measured (6, 12, 24) rises" in p for p in takeaways(partial, "evaluation"))
 
     premise = takeaways(_hand_made(), "subspace")
     assert premise == [("The premise holds on cifar10: a conv net reads the class from the bottom-25% subspace at "
